@@ -1,0 +1,135 @@
+"""The `jaxgen` command line: a thin layer that parses flags and calls the library.
+
+    jaxgen train  --config experiments/NAME.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
+    jaxgen sample --workdir DIR --num N --out FILE.npz|FILE.png [--sampler ddpm|ddim] [--steps K] ...
+    jaxgen info   --config experiments/NAME.py[:ARG] [--config.KEY=VALUE ...]
+
+Bad input is reported in one sentence on stderr with exit status 2, before
+anything is written.
+"""
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from jaxgen.errors import JaxgenError
+
+CONFIG_PREFIX = '--config.'
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.KEY=VALUE` items (returned as `KEY=VALUE`) from the other flags."""
+  rest, overrides = [], []
+  for arg in argv:
+    if arg.startswith(CONFIG_PREFIX):
+      if '=' not in arg:
+        raise JaxgenError(f'config override {arg!r} must be written {CONFIG_PREFIX}KEY=VALUE.')
+      overrides.append(arg[len(CONFIG_PREFIX):])
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='jaxgen', description='Train, sample and inspect generative image models (JAX/Flax).')
+  sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample,info}')
+
+  train = sub.add_parser(
+      'train', help='train a model from an experiment config',
+      description='Train the experiment in --config, writing checkpoints, metrics and sample grids to '
+                  '--workdir. Running the same command again resumes from the latest checkpoint. '
+                  'Override any config value with --config.KEY=VALUE (e.g. --config.train.num_steps=1000).')
+  train.add_argument('--config', required=True, metavar='FILE.py[:ARG]',
+                     help="experiment config file, optionally with an argument (e.g. ':smoke')")
+  train.add_argument('--workdir', required=True, help='run directory (created; resumed if it exists)')
+
+  sample = sub.add_parser(
+      'sample', help='sample images from a trained run',
+      description='Draw --num images from the EMA parameters of the latest checkpoint in --workdir, '
+                  'in batches spread over all devices, each batch one compiled program. '
+                  '.npz output holds uint8 NHWC images under the key "images"; .png output is a grid.')
+  sample.add_argument('--workdir', required=True, help='a run directory written by jaxgen train')
+  sample.add_argument('--num', type=int, required=True, help='number of images')
+  sample.add_argument('--out', required=True, metavar='FILE.npz|FILE.png', help='output file')
+  sample.add_argument('--sampler', choices=('ddpm', 'ddim'), default=None,
+                      help="diffusion sampler (default: the config's)")
+  sample.add_argument('--steps', type=int, default=None, help='DDIM steps (default: the config\'s)')
+  sample.add_argument('--eta', type=float, default=None, help='DDIM noise scale (0: deterministic)')
+  sample.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+  sample.add_argument('--batch', type=int, default=256, help='images per compiled call (default 256)')
+  sample.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
+
+  info = sub.add_parser(
+      'info', help="print a config's parameter count and FLOPs",
+      description='Build the model of --config without training it and print its parameter count, '
+                  'the FLOPs of one network evaluation per image (XLA cost analysis), and per sample.')
+  info.add_argument('--config', required=True, metavar='FILE.py[:ARG]', help='experiment config file')
+  return parser
+
+
+def _train(args, overrides) -> None:
+  from jaxgen import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxgen.train import trainer  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(args.config, overrides)
+  trainer.train_and_evaluate(config, args.workdir)
+
+
+def _sample(args) -> None:
+  from jaxgen import images as images_lib  # pylint: disable=g-import-not-at-top
+  from jaxgen.run import load_run  # pylint: disable=g-import-not-at-top
+  ext = os.path.splitext(args.out)[1].lower()
+  if ext not in ('.npz', '.png'):
+    raise JaxgenError(f'--out must end in .npz or .png, got {args.out!r}.')
+  if args.num < 1 or args.batch < 1:
+    raise JaxgenError(f'--num and --batch must be positive, got {args.num} and {args.batch}.')
+  run = load_run(args.workdir, args.step)
+  options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta)
+  run.model.sample_options(**options)  # check options before the long part
+  images = run.generate(args.num, seed=args.seed, batch=args.batch, progress=True, **options)
+  if ext == '.npz':
+    images_lib.save_npz(args.out, images)
+  else:
+    images_lib.save_grid(args.out, images)
+  print(f'Wrote {len(images)} images {images.shape[1:]} from step {run.step} to {args.out}.')
+
+
+def _info(args, overrides) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxgen import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxgen.train import trainer  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(args.config, overrides)
+  s = trainer.setup(config)
+  count = sum(x.size for x in jax.tree.leaves(s.abstract_state.params))
+  print(f'family: {config.family}')
+  print(f'image shape: {s.model.image_shape}')
+  print(f'parameters: {count:,} ({count / 1e6:.2f}M)')
+  flops = s.model.forward_flops()
+  if flops:
+    evals = s.model.evaluations_per_sample()
+    print(f'FLOPs per network evaluation: {flops / 1e9:.3f} GFLOP per image')
+    print(f'FLOPs per sample: {flops * evals / 1e12:.3f} TFLOP ({evals} evaluations, default sampler)')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    if args.command != 'train' and args.command != 'info' and overrides:
+      raise JaxgenError(f'{args.command} takes no --config.KEY overrides.')
+    if args.command == 'train':
+      _train(args, overrides)
+    elif args.command == 'sample':
+      _sample(args)
+    else:
+      _info(args, overrides)
+  except JaxgenError as e:
+    print(f'jaxgen: error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

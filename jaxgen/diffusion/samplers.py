@@ -1,0 +1,257 @@
+"""Ancestral (DDPM) and DDIM samplers over a `Schedule`.
+
+A sampler sees the model only through an `EpsFn` (x_t, t) -> predicted noise;
+the caller closes over parameters, labels and guidance. Each sampler is one
+`jax.lax.scan` over a precomputed int32 array of timesteps, whose body calls
+the public single-step function (`ddpm_step`, `ddim_step`), so a benchmark can
+run the very same step as a Python loop of jitted calls.
+
+Randomness: `rng` is split once into `rng_init` (draws x_T) and `rng_loop`;
+the noise of the step at timestep t is drawn from
+`step_rng = jax.random.fold_in(rng_loop, t)`, keyed by the timestep and not the
+loop index. Both samplers share that derivation, so DDIM over all T steps with
+eta = 1 reproduces DDPM with variance='fixedsmall' for the same rng.
+
+Shapes, sampler names, step counts, `variance` and `clip_x0` are Python values
+fixed at trace time; only `rng` (and whatever `eps_fn` closes over) is traced,
+so a jitted sampler compiles once and is reused for every new rng.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.diffusion.schedules import Schedule, eps_from_x0, predict_x0_from_eps, q_posterior_mean
+from jaxgen.errors import JaxgenError
+
+# (x_t [B, H, W, C] float, t int32 [B]) -> predicted noise [B, H, W, C].
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+SAMPLER_NAMES = ('ddpm', 'ddim')
+VARIANCE_NAMES = ('fixedlarge', 'fixedsmall')
+
+
+def _check_variance(variance: str) -> None:
+  if variance not in VARIANCE_NAMES:
+    raise JaxgenError(
+        f"Unknown DDPM variance {variance!r}; use one of {', '.join(map(repr, VARIANCE_NAMES))}.")
+
+
+def _check_steps(num_steps: int, num_timesteps: int) -> None:
+  if (isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer))
+      or not 1 <= num_steps <= num_timesteps):
+    raise JaxgenError(
+        f'The number of sampling steps must be an integer in [1, {num_timesteps}], '
+        f'got {num_steps!r}.')
+
+
+def _eps(eps_fn: EpsFn, x_t: jax.Array, t: jax.Array) -> jax.Array:
+  """eps_fn at one shared timestep t (scalar) for the whole batch."""
+  t_batch = jnp.full((x_t.shape[0],), t, dtype=jnp.int32)  # [B]
+  # A bfloat16 model must not drag the sampler's state down to bfloat16.
+  return eps_fn(x_t, t_batch).astype(x_t.dtype)
+
+
+def _step_noise(rng_loop: jax.Array, t: jax.Array, like: jax.Array) -> jax.Array:
+  """Standard normal noise for the step at timestep t, shaped like x_t."""
+  step_rng = jax.random.fold_in(rng_loop, t)
+  return jax.random.normal(step_rng, like.shape, like.dtype)
+
+
+def ddpm_log_variance(schedule: Schedule, t: jax.Array, variance: str = 'fixedlarge') -> jax.Array:
+  """Log variance of the reverse step at timestep t (any int shape), as in Ho et al.'s code.
+
+  'fixedlarge' is log beta_t, except that t = 0 takes log beta~_1 (the
+  log(append(posterior_variance[1], betas[1:])) of the reference code);
+  'fixedsmall' is log beta~_t, clipped at t = 0 the same way.
+  """
+  _check_variance(variance)
+  if variance == 'fixedsmall':
+    return schedule.posterior_log_variance_clipped[t]
+  return jnp.where(t == 0, jnp.log(schedule.posterior_variance[1]), jnp.log(schedule.betas[t]))
+
+
+def ddpm_step(eps_fn: EpsFn, schedule: Schedule, x_t: jax.Array, t: jax.Array,
+              rng_loop: jax.Array, *, variance: str = 'fixedlarge',
+              clip_x0: bool = True) -> jax.Array:
+  """One ancestral step x_t -> x_{t-1} of p(x_{t-1} | x_t).
+
+  Args:
+    eps_fn: the noise predictor.
+    schedule: the diffusion schedule (T timesteps).
+    x_t: [B, H, W, C] float32, the current sample.
+    t: int32 scalar in [0, T), the current timestep.
+    rng_loop: the loop key; this step's noise comes from fold_in(rng_loop, t).
+    variance: 'fixedlarge' (beta_t) or 'fixedsmall' (beta~_t).
+    clip_x0: clip the x0 prediction to [-1, 1] (the data range) before
+      forming the posterior mean.
+
+  Returns:
+    x_{t-1}, [B, H, W, C]; at t = 0 the posterior mean (no noise), i.e. the
+    x0 prediction itself.
+  """
+  eps = _eps(eps_fn, x_t, t)
+  x0 = predict_x0_from_eps(schedule, x_t, t, eps)
+  if clip_x0:
+    x0 = jnp.clip(x0, -1.0, 1.0)
+  mean = q_posterior_mean(schedule, x0, x_t, t)
+  std = jnp.exp(0.5 * ddpm_log_variance(schedule, t, variance))
+  # The last step returns the mean: any noise there would land in the output.
+  std = jnp.where(t > 0, std, 0.0)
+  return mean + std * _step_noise(rng_loop, t, x_t)
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """The DDIM timesteps and their predecessors, in sampling order.
+
+  Spacing: `round(linspace(T - 1, 0, num_steps))` (rounding half up), i.e.
+  evenly spaced over [0, T) and always containing T - 1 and 0. Unlike the
+  'leading' `arange(0, T, T // num_steps)` of the DDIM code, this gives exactly
+  num_steps distinct steps for every num_steps in [1, T] and always starts at
+  T - 1, where q(x_{T-1}) is closest to the N(0, I) of x_T; num_steps == T gives every
+  timestep T - 1, ..., 0.
+
+  Returns:
+    (timesteps, prev_timesteps), int32 [num_steps] each: timesteps strictly
+    decreasing from T - 1 to 0, prev_timesteps[i] = timesteps[i + 1] and -1
+    for the last step (meaning abar_prev = 1, i.e. clean data).
+  """
+  _check_steps(num_steps, num_timesteps)
+  timesteps = np.floor(np.linspace(num_timesteps - 1, 0, num_steps) + 0.5).astype(np.int32)
+  prev_timesteps = np.append(timesteps[1:], -1).astype(np.int32)
+  return timesteps, prev_timesteps
+
+
+def ddim_step(eps_fn: EpsFn, schedule: Schedule, x_t: jax.Array, t: jax.Array,
+              t_prev: jax.Array, rng_loop: jax.Array, *, eta: float | jax.Array = 0.0,
+              clip_x0: bool = True) -> jax.Array:
+  """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12).
+
+  x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z, with
+  sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev).
+
+  When clip_x0 is on, eps in the direction term is re-derived from the clipped
+  x0 (eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)), so that x0 and eps stay a
+  consistent decomposition of x_t; this also makes the step with eta = 1 and
+  t_prev = t - 1 equal to the clipped DDPM 'fixedsmall' step.
+
+  Args:
+    eps_fn: the noise predictor.
+    schedule: the diffusion schedule (T timesteps).
+    x_t: [B, H, W, C] float32, the current sample.
+    t: int32 scalar in [0, T), the current timestep.
+    t_prev: int32 scalar in [-1, t), the next timestep; -1 means clean data
+      (a_prev = 1), which makes the step return the x0 prediction.
+    rng_loop: the loop key; this step's noise comes from fold_in(rng_loop, t).
+    eta: 0 for the deterministic DDIM, 1 for DDPM-like stochasticity.
+    clip_x0: clip the x0 prediction to [-1, 1].
+
+  Returns:
+    x_{t_prev}, [B, H, W, C].
+  """
+  eps = _eps(eps_fn, x_t, t)
+  x0 = predict_x0_from_eps(schedule, x_t, t, eps)
+  if clip_x0:
+    x0 = jnp.clip(x0, -1.0, 1.0)
+    eps = eps_from_x0(schedule, x_t, t, x0)
+  has_prev = t_prev >= 0
+  t_prev_idx = jnp.maximum(t_prev, 0)
+  a_t = schedule.alphas_cumprod[t]
+  a_prev = jnp.where(has_prev, schedule.alphas_cumprod[t_prev_idx], 1.0)
+  # 1 - a from the float64-derived sqrt(1 - a) keeps its digits where a ~ 1.
+  one_minus_a_t = schedule.sqrt_one_minus_alphas_cumprod[t] ** 2
+  one_minus_a_prev = jnp.where(
+      has_prev, schedule.sqrt_one_minus_alphas_cumprod[t_prev_idx] ** 2, 0.0)
+  # a_prev - a_t, from whichever pair of stored numbers is small (a or 1 - a):
+  # subtracting two float32 values near 1 would keep only ~1e-7 absolute digits.
+  a_diff = jnp.where(a_prev < 0.5, a_prev - a_t, one_minus_a_t - one_minus_a_prev)
+  sigma = eta * jnp.sqrt(one_minus_a_prev / one_minus_a_t * (a_diff / a_prev))
+  dir_coef = jnp.sqrt(jnp.maximum(one_minus_a_prev - sigma ** 2, 0.0))
+  x_prev = jnp.sqrt(a_prev) * x0 + dir_coef * eps
+  return x_prev + sigma * _step_noise(rng_loop, t, x_t)
+
+
+def _init(rng: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """(x_T [shape] float32 ~ N(0, I), rng_loop) from the sampler's rng."""
+  rng_init, rng_loop = jax.random.split(rng)
+  return jax.random.normal(rng_init, shape, jnp.float32), rng_loop
+
+
+def ddpm_sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[int, ...], *,
+                variance: str = 'fixedlarge', clip_x0: bool = True) -> jax.Array:
+  """Ancestral sampling over all T steps, t = T - 1, ..., 0 (Ho et al. 2020).
+
+  Args:
+    eps_fn: the noise predictor.
+    schedule: the diffusion schedule (T timesteps).
+    rng: a PRNG key (the only argument that changes between calls).
+    shape: (B, H, W, C), static.
+    variance: 'fixedlarge' or 'fixedsmall' (see `ddpm_log_variance`), static.
+    clip_x0: clip x0 predictions to [-1, 1], static.
+
+  Returns:
+    [B, H, W, C] float32 samples (in [-1, 1] when clip_x0).
+  """
+  _check_variance(variance)
+  x, rng_loop = _init(rng, shape)
+  timesteps = np.arange(schedule.num_timesteps - 1, -1, -1, dtype=np.int32)  # [T]
+
+  def body(x_t, t):
+    return ddpm_step(eps_fn, schedule, x_t, t, rng_loop, variance=variance, clip_x0=clip_x0), None
+
+  x, _ = jax.lax.scan(body, x, jnp.asarray(timesteps))
+  return x
+
+
+def ddim_sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[int, ...], *,
+                num_steps: int, eta: float | jax.Array = 0.0, clip_x0: bool = True) -> jax.Array:
+  """DDIM sampling over `num_steps` timesteps from `ddim_timesteps` (Song et al. 2021).
+
+  Args:
+    eps_fn: the noise predictor.
+    schedule: the diffusion schedule (T timesteps).
+    rng: a PRNG key; with eta = 0 only x_T depends on it.
+    shape: (B, H, W, C), static.
+    num_steps: number of network evaluations in [1, T], static.
+    eta: noise scale in [0, 1] (may be traced).
+    clip_x0: clip x0 predictions to [-1, 1], static.
+
+  Returns:
+    [B, H, W, C] float32 samples (in [-1, 1] when clip_x0).
+  """
+  timesteps, prev_timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)
+  x, rng_loop = _init(rng, shape)
+
+  def body(x_t, ts):
+    t, t_prev = ts
+    return ddim_step(eps_fn, schedule, x_t, t, t_prev, rng_loop, eta=eta, clip_x0=clip_x0), None
+
+  x, _ = jax.lax.scan(body, x, (jnp.asarray(timesteps), jnp.asarray(prev_timesteps)))
+  return x
+
+
+def sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[int, ...], *,
+           sampler: str = 'ddpm', steps: int | None = None, eta: float | jax.Array = 0.0,
+           variance: str = 'fixedlarge', clip_x0: bool = True) -> jax.Array:
+  """Draws samples [B, H, W, C] float32 with the sampler called `sampler`.
+
+  'ddpm' runs all T steps (`steps` must be None or T) with `variance`;
+  'ddim' runs `steps` steps (None means T) with `eta`. Raises JaxgenError for
+  an unknown sampler or variance, or steps outside [1, T].
+  """
+  if sampler not in SAMPLER_NAMES:
+    raise JaxgenError(
+        f"Unknown sampler {sampler!r}; use one of {', '.join(map(repr, SAMPLER_NAMES))}.")
+  num_timesteps = schedule.num_timesteps
+  if steps is not None:
+    _check_steps(steps, num_timesteps)
+  if sampler == 'ddpm':
+    if steps not in (None, num_timesteps):
+      raise JaxgenError(
+          f"The 'ddpm' sampler runs all {num_timesteps} steps; "
+          f"use sampler='ddim' for steps={steps}.")
+    return ddpm_sample(eps_fn, schedule, rng, shape, variance=variance, clip_x0=clip_x0)
+  return ddim_sample(eps_fn, schedule, rng, shape,
+                     num_steps=num_timesteps if steps is None else steps, eta=eta, clip_x0=clip_x0)

@@ -1,0 +1,86 @@
+"""Load a trained run from Python: `run = jaxgen.load_run('runs/ddpm_mnist')`.
+
+A `Run` holds the run's config, its model, the EMA parameters of the latest
+(or a chosen) checkpoint, and compiled sample functions:
+
+    run = jaxgen.load_run('runs/ddpm_mnist')
+    images = run.sample(jax.random.PRNGKey(0), 16, sampler='ddim', steps=50)  # [16, H, W, C] in [-1, 1]
+    uint8 = run.generate(1000, seed=0, batch=250)  # [1000, H, W, C] uint8
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from jaxgen import families
+from jaxgen import images as images_lib
+from jaxgen.errors import JaxgenError
+from jaxgen.train import checkpoint, mesh as mesh_lib, trainer
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run, ready to sample. `params` are the EMA parameters."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  model: families.Model
+  step: int
+  params: Any
+  mesh: jax.sharding.Mesh
+  _compiled: dict[Any, Callable[..., jax.Array]] = dataclasses.field(default_factory=dict, repr=False)
+
+  def _sampler(self, num: int, **options: Any) -> Callable[..., jax.Array]:
+    opts = self.model.sample_options(**options)
+    key = (num, tuple(sorted(opts.items())))
+    if key not in self._compiled:
+      sharding = mesh_lib.batch_sharding(self.mesh) if num % self.mesh.devices.size == 0 else None
+      self._compiled[key] = jax.jit(
+          lambda params, rng: self.model.sample(params, rng, num, sharding=sharding, **opts),
+          out_shardings=sharding)
+    return self._compiled[key]
+
+  def sample(self, rng: jax.Array, num: int, **options: Any) -> jax.Array:
+    """`num` images, float [num, H, W, C] in [-1, 1], from one compiled call."""
+    return self._sampler(num, **options)(self.params, rng)
+
+  def generate(self, num: int, *, seed: int = 0, batch: int = 256, progress: bool = False,
+               **options: Any) -> np.ndarray:
+    """`num` uint8 images [num, H, W, C], in batches of `batch` spread over all devices.
+
+    Batch i uses the key fold_in(PRNGKey(seed), i); `batch` is rounded up to a
+    multiple of the device count and every batch has that shape, so the
+    sampler compiles once.
+    """
+    if num < 1 or batch < 1:
+      raise JaxgenError(f'--num and --batch must be positive, got {num} and {batch}.')
+    n_dev = self.mesh.devices.size
+    batch = min(batch, num)
+    batch = math.ceil(batch / n_dev) * n_dev
+    sample_fn = self._sampler(batch, **options)
+    rng = jax.random.PRNGKey(seed)
+    out = []
+    for i in tqdm.trange(math.ceil(num / batch), disable=not progress, desc='sample', unit='batch'):
+      images = sample_fn(self.params, jax.random.fold_in(rng, i))
+      out.append(images_lib.to_uint8(jax.device_get(images)))
+    return np.concatenate(out)[:num]
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
+  """Loads the run in `workdir` at its latest checkpoint (or at `step`)."""
+  latest = checkpoint.latest_step(workdir)
+  if latest is None:
+    raise JaxgenError(f'no checkpoint in {checkpoint.checkpoint_dir(workdir)}; '
+                      f'train first with `jaxgen train --config ... --workdir {workdir}`.')
+  with checkpoint.open_manager(workdir, read_only=True) as mngr:
+    step = latest if step is None else step
+    if step not in mngr.all_steps():
+      raise JaxgenError(f'no checkpoint at step {step} in {workdir}; it has {sorted(mngr.all_steps())}.')
+    config = checkpoint.restore_config(mngr, step)
+    s = trainer.setup(config)
+    state = checkpoint.restore_state(mngr, step, s.abstract_state)
+  return Run(workdir, config, s.model, step, state.ema_params, s.mesh)

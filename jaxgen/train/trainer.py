@@ -1,0 +1,217 @@
+"""The training loop shared by every family: `train_and_evaluate(config, workdir)`.
+
+One jit-compiled step over a device mesh (state donated, batch sharded along
+'data'), metrics fetched to the host only every `log_every` steps, sample grids
+from the EMA parameters, asynchronous Orbax checkpoints, a save on SIGTERM or
+SIGINT, and resumption from the latest checkpoint when the same command runs
+again. The input position is a pure function of the step, so a resumed run
+sees exactly the batches an uninterrupted run would.
+"""
+
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from jaxgen import config as config_lib
+from jaxgen import data as data_lib
+from jaxgen import families
+from jaxgen import images as images_lib
+from jaxgen.errors import JaxgenError
+from jaxgen.train import checkpoint, mesh as mesh_lib
+from jaxgen.train.state import OptimConfig, TrainState, create_train_state, make_optimizer, make_train_step
+from jaxgen.train.writers import MetricWriter
+
+# Top-level config keys the trainer itself reads; each family checks its own sections.
+TOP_LEVEL_KEYS = ('family', 'seed', 'data', 'optim', 'train')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The `config.train` section."""
+  batch_size: int = 128  # global, over all devices and processes
+  num_steps: int = 800_000
+  ema_decay: float = 0.9999
+  log_every: int = 100
+  checkpoint_every: int = 5000
+  keep_checkpoints: int = 3
+  sample_every: int = 10_000  # 0: no sample grids during training
+  num_grid: int = 64  # images in each sample grid
+
+
+def example_batch(image_shape: tuple[int, ...], batch_size: int = 1) -> dict[str, jax.Array]:
+  """A zero batch with the shapes the models are built for."""
+  return {'image': jnp.zeros((batch_size, *image_shape), jnp.float32),
+          'label': jnp.zeros((batch_size,), jnp.int32)}
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run needs, built and checked before anything is written."""
+  config: ml_collections.ConfigDict
+  train: TrainConfig
+  model: families.Model
+  mesh: jax.sharding.Mesh
+  init_state: Any  # jitted () -> TrainState, born replicated on the mesh
+  abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings
+  optimizer: Any
+
+
+def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Setup:
+  """Validates `config` and builds the model, mesh and state constructors (no writes).
+
+  `mesh` defaults to a 'data' mesh over every device.
+  """
+  unknown = sorted(set(config.keys()) - set(TOP_LEVEL_KEYS) - set(families.config_sections(config)))
+  if unknown:
+    raise JaxgenError(f'unknown config key {unknown[0]!r}; top-level keys are '
+                      f'{", ".join(sorted(set(TOP_LEVEL_KEYS) | set(families.config_sections(config))))}.')
+  spec = data_lib.dataset_spec(config.data)
+  model = families.build(config, spec.image_shape)
+  train_cfg = config_lib.section(config, 'train', TrainConfig)
+  optimizer = make_optimizer(config_lib.section(config, 'optim', OptimConfig))
+  mesh = mesh or mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(train_cfg.batch_size, mesh)
+  rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
+
+  def init_fn() -> TrainState:
+    params = model.init(rng_init, example_batch(spec.image_shape))
+    return create_train_state(params, optimizer, rng_train)
+
+  replicated = mesh_lib.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          jax.eval_shape(init_fn))
+  return Setup(config, train_cfg, model, mesh, jax.jit(init_fn, out_shardings=replicated),
+               abstract, optimizer)
+
+
+def compile_train_step(s: Setup, wrap=lambda f: f):
+  """The jitted `train_step(state, batch)`: state replicated and donated, batch split over 'data'.
+
+  `wrap` decorates the pure step before jit (tests pass a trace counter).
+  """
+  step = make_train_step(s.model.loss, s.optimizer, s.train.ema_decay)
+  return jax.jit(wrap(step),
+                 in_shardings=(mesh_lib.replicated(s.mesh), mesh_lib.batch_sharding(s.mesh)),
+                 out_shardings=mesh_lib.replicated(s.mesh), donate_argnums=0)
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+  """Collects SIGTERM/SIGINT while training, so the loop can save and exit cleanly."""
+  received: list[int] = []
+  previous = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    try:
+      previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main thread: no handlers, nothing to restore
+      pass
+  try:
+    yield received
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       mesh: jax.sharding.Mesh | None = None) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state."""
+  s = setup(config, mesh)
+  is_main = jax.process_index() == 0
+  start = checkpoint.latest_step(workdir)
+  if start is not None:
+    with checkpoint.open_manager(workdir, read_only=True) as mngr:
+      checkpoint.check_same_model(checkpoint.restore_config(mngr, start), config, workdir)
+  data_lib.prepare_for(config.data)  # raises, before any write, if the data cannot be had
+
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    images_lib.atomic_write(os.path.join(workdir, 'config.json'),
+                            lambda tmp: open(tmp, 'w').write(config_lib.to_json(config)))
+  mngr = checkpoint.open_manager(workdir, max_to_keep=s.train.keep_checkpoints)
+  if start is None:
+    state = s.init_state()
+  else:
+    state = checkpoint.restore_state(mngr, start, s.abstract_state)
+    print(f'Resuming from step {start} in {workdir}.', flush=True)
+  start = int(jax.device_get(state.step))
+
+  mesh, tc = s.mesh, s.train
+  step_fn = compile_train_step(s)
+  grid_fn = jax.jit(lambda params, rng: s.model.sample(params, rng, tc.num_grid))
+  batches = data_lib.train_batches(config.data, global_batch_size=tc.batch_size,
+                                   seed=config.seed, start_step=start)
+  writer = MetricWriter(workdir, enabled=is_main)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  last_saved = start
+  bar = tqdm.tqdm(total=tc.num_steps, initial=start, unit='step', disable=not is_main,
+                  dynamic_ncols=True, desc='train')
+
+  def flush(step: int) -> None:
+    """Fetches pending metrics, stops on NaN/inf, logs their mean over the interval."""
+    if not pending:
+      return
+    fetched = jax.device_get(pending)
+    pending.clear()
+    for at, metrics in fetched:
+      bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+      if bad:
+        raise JaxgenError(f'{bad[0]} became {metrics[bad[0]]} at step {at}; training stopped and '
+                          f'the last checkpoint (step {last_saved}) in {workdir} is kept.')
+    mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+    mean['steps_per_sec'] = len(fetched) / max(time.perf_counter() - flush.t0, 1e-9)
+    flush.t0 = time.perf_counter()
+    writer.scalars(step, mean)
+    bar.set_postfix(loss=f"{mean.get('loss', float('nan')):.4f}", refresh=False)
+
+  flush.t0 = time.perf_counter()
+
+  def save(step: int) -> None:
+    nonlocal last_saved
+    flush(step)
+    checkpoint.save(mngr, state, config)
+    last_saved = step
+
+  try:
+    with _stop_requests() as stop:
+      for step in range(start, tc.num_steps):
+        if stop:
+          print(f'Received signal {stop[0]}: saving step {step} and exiting.', flush=True)
+          break
+        batch = mesh_lib.global_batch(next(batches), mesh)
+        state, metrics = step_fn(state, batch)
+        pending.append((step, metrics))
+        done = step + 1
+        bar.update(1)
+        if done % tc.log_every == 0:
+          flush(done)
+        if done % tc.checkpoint_every == 0:
+          save(done)
+        if tc.sample_every and done % tc.sample_every == 0:
+          write_grid(workdir, done, grid_fn, state, writer)
+      done = int(jax.device_get(state.step))
+      if done != last_saved:
+        save(done)
+  finally:
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  return state
+
+
+def write_grid(workdir: str, step: int, grid_fn, state: TrainState, writer: MetricWriter) -> None:
+  """Samples from the EMA parameters and writes `WORKDIR/samples/step_XXXXXXX.png`."""
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0x5A3)
+  images = images_lib.to_uint8(jax.device_get(grid_fn(state.ema_params, rng)))
+  if writer.enabled:
+    images_lib.save_grid(os.path.join(workdir, 'samples', f'step_{step:07d}.png'), images)
+    writer.image(step, 'samples', images_lib.make_grid(images))

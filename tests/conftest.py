@@ -1,0 +1,40 @@
+"""Test setup: 8 simulated CPU devices for every test, and the shared MNIST files.
+
+XLA_FLAGS must be set before jax is imported anywhere, hence here.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def manual_dir() -> pathlib.Path | None:
+  """Where the original MNIST files are: $JAXGEN_MANUAL_DIR or ../shared/data."""
+  for candidate in (os.environ.get('JAXGEN_MANUAL_DIR'), REPO.parent / 'shared' / 'data'):
+    if candidate and (pathlib.Path(candidate) / 'mnist' / 'train-images-idx3-ubyte.gz').exists():
+      return pathlib.Path(candidate)
+  return None
+
+
+@pytest.fixture(scope='session')
+def mnist_env(tmp_path_factory):
+  """Points JAXGEN_MANUAL_DIR/JAXGEN_DATA_DIR at the shared MNIST files and a session data dir."""
+  md = manual_dir()
+  if md is None:
+    pytest.skip('MNIST files not found (set JAXGEN_MANUAL_DIR or put them in ../shared/data/mnist).')
+  data_dir = os.environ.get('JAXGEN_DATA_DIR') or str(tmp_path_factory.mktemp('tfds'))
+  saved = {k: os.environ.get(k) for k in ('JAXGEN_MANUAL_DIR', 'JAXGEN_DATA_DIR')}
+  os.environ['JAXGEN_MANUAL_DIR'] = str(md)
+  os.environ['JAXGEN_DATA_DIR'] = data_dir
+  yield {'manual_dir': str(md), 'data_dir': data_dir}
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v

@@ -1,0 +1,142 @@
+"""End to end on the shared MNIST files: train, checkpoint, sample, resume, bad input."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxgen import cli, config as config_lib
+from jaxgen.errors import JaxgenError
+from jaxgen.train import checkpoint, trainer
+from conftest import REPO
+
+SMOKE = str(REPO / 'experiments' / 'ddpm_mnist.py') + ':smoke'
+
+
+def smoke_config(*overrides):
+  return config_lib.load_config(SMOKE, list(overrides))
+
+
+def leaves_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope='module')
+def trained(mnist_env, tmp_path_factory):
+  """One smoke run of 20 steps, shared by the tests that only read it."""
+  workdir = str(tmp_path_factory.mktemp('run') / 'ddpm')
+  state = trainer.train_and_evaluate(smoke_config(), workdir)
+  return workdir, state
+
+
+def test_train_writes_checkpoints_metrics_and_grids(trained):
+  workdir, state = trained
+  assert int(state.step) == 20
+  assert checkpoint.latest_step(workdir) == 20
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines] == [5, 10, 15, 20]
+  assert all(np.isfinite(l['loss']) and l['loss'] > 0 for l in lines)
+  grid = Image.open(os.path.join(workdir, 'samples', 'step_0000020.png'))
+  assert grid.size == (2 + 2 * 30, 2 + 2 * 30)  # 4 images of 28x28 with 2-px padding
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  saved = config_lib.from_json(open(os.path.join(workdir, 'config.json')).read())
+  assert saved.train.num_steps == 20
+
+
+def test_cli_sample_npz_and_png(trained, tmp_path):
+  workdir, _ = trained
+  out = tmp_path / 'samples.npz'
+  assert cli.main(['sample', '--workdir', workdir, '--num', '10', '--out', str(out),
+                   '--batch', '8', '--steps', '5']) == 0
+  images = np.load(out)['images']
+  assert images.shape == (10, 28, 28, 1) and images.dtype == np.uint8
+  png = tmp_path / 'grid.png'
+  assert cli.main(['sample', '--workdir', workdir, '--num', '4', '--out', str(png),
+                   '--sampler', 'ddpm']) == 0
+  assert Image.open(png).size == (62, 62)
+
+
+def test_load_run_samples_from_ema_params_reproducibly(trained):
+  import jaxgen
+  workdir, state = trained
+  run = jaxgen.load_run(workdir)
+  assert run.step == 20
+  assert leaves_equal(run.params, state.ema_params)
+  a = run.generate(8, seed=3, batch=8, steps=5)
+  b = run.generate(8, seed=3, batch=8, steps=5)
+  c = run.generate(8, seed=4, batch=8, steps=5)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  x = run.sample(jax.random.PRNGKey(0), 8, sampler='ddim', steps=5)
+  assert x.shape == (8, 28, 28, 1) and float(abs(x).max()) <= 1.0
+
+
+def test_resume_is_bit_for_bit(mnist_env, trained, tmp_path, capsys):
+  _, uninterrupted = trained
+  workdir = str(tmp_path / 'resumed')
+  trainer.train_and_evaluate(smoke_config('train.num_steps=10'), workdir)
+  resumed = trainer.train_and_evaluate(smoke_config(), workdir)
+  assert 'Resuming from step 10' in capsys.readouterr().out
+  assert int(resumed.step) == 20
+  for field in ('params', 'ema_params', 'opt_state'):
+    assert leaves_equal(getattr(resumed, field), getattr(uninterrupted, field)), field
+
+
+def test_resume_refuses_another_model(mnist_env, trained):
+  workdir, _ = trained
+  with pytest.raises(JaxgenError, match='another model'):
+    trainer.train_and_evaluate(smoke_config('model.ch=64'), workdir)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(mnist_env, tmp_path):
+  workdir = str(tmp_path / 'nan')
+  config = smoke_config('optim.lr=1e30', 'optim.grad_clip=0.0', 'optim.warmup_steps=0',
+                        'train.log_every=1')
+  with pytest.raises(JaxgenError, match=r'(nan|inf) at step \d+; training stopped'):
+    trainer.train_and_evaluate(config, workdir)
+  assert checkpoint.latest_step(workdir) is None  # no checkpoint of a broken state
+
+
+def run_cli(args, capsys):
+  code = cli.main(args)
+  err = capsys.readouterr().err.strip()
+  return code, err
+
+
+def test_bad_input_is_one_sentence_and_writes_nothing(mnist_env, tmp_path, capsys, monkeypatch):
+  workdir = tmp_path / 'never'
+  code, err = run_cli(['train', '--config', SMOKE, '--workdir', str(workdir),
+                       '--config.model.widht=3'], capsys)
+  assert code == 2 and "unknown config key 'model.widht'" in err
+  assert err.count('\n') == 0 and not workdir.exists()
+
+  code, err = run_cli(['sample', '--workdir', str(workdir), '--num', '4',
+                       '--out', str(tmp_path / 'x.npz')], capsys)
+  assert code == 2 and 'no checkpoint' in err
+  assert not workdir.exists() and not (tmp_path / 'x.npz').exists()
+
+  code, err = run_cli(['sample', '--workdir', str(workdir), '--num', '4',
+                       '--out', str(tmp_path / 'x.jpg')], capsys)
+  assert code == 2 and '.npz or .png' in err
+
+
+def test_missing_dataset_names_the_manual_dir(tmp_path, capsys, monkeypatch):
+  from jaxgen.data import builders
+  monkeypatch.setenv('JAXGEN_MANUAL_DIR', str(tmp_path / 'empty_manual'))
+  monkeypatch.setenv('JAXGEN_DATA_DIR', str(tmp_path / 'empty_data'))
+  monkeypatch.setattr(builders, 'can_download', lambda *a, **k: False)
+  workdir = tmp_path / 'never'
+  code, err = run_cli(['train', '--config', SMOKE, '--workdir', str(workdir)], capsys)
+  assert code == 2 and 'JAXGEN_MANUAL_DIR' in err and 'train-images-idx3-ubyte.gz' in err
+  assert err.count('\n') == 0
+  assert not workdir.exists() and not (tmp_path / 'empty_data').exists()
+
+
+def test_info_prints_the_paper_parameter_count(capsys):
+  assert cli.main(['info', '--config', str(REPO / 'experiments' / 'ddpm_cifar10.py')]) == 0
+  out = capsys.readouterr().out
+  assert 'parameters: 35,746,307 (35.75M)' in out
+  assert 'GFLOP per image' in out
