@@ -34,6 +34,9 @@ def atomic_write(path: str, write_fn) -> None:
   os.close(fd)
   try:
     write_fn(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
