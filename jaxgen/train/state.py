@@ -79,7 +79,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     return state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                          opt_state=opt_state), metrics
 
