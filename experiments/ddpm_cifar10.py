@@ -26,7 +26,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = dict(lr=2e-4, warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                       grad_clip=1.0)
   config.train = dict(batch_size=128, num_steps=800_000, ema_decay=0.9999, log_every=100,
-                      checkpoint_every=10_000, keep_checkpoints=3, sample_every=50_000, num_grid=64)
+                      checkpoint_every=10_000, keep_checkpoints=3, sample_every=50_000, num_grid=64,
+                      # Evaluation during training (eval_every=0: off); see `jaxgen eval --help`.
+                      eval_every=0, eval_num=1000, eval_metrics='fid', eval_features='inception',
+                      keep_best='')
 
   if arg == 'smoke':
     config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0)

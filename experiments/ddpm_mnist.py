@@ -26,7 +26,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       grad_clip=1.0)
   # About 15 minutes on a 2-core CPU (~0.3 s per step).
   config.train = dict(batch_size=32, num_steps=3000, ema_decay=0.998, log_every=50,
-                      checkpoint_every=500, keep_checkpoints=3, sample_every=1000, num_grid=64)
+                      checkpoint_every=500, keep_checkpoints=3, sample_every=1000, num_grid=64,
+                      # Evaluation during training (eval_every=0: off); see `jaxgen eval --help`.
+                      eval_every=0, eval_num=1000, eval_metrics='fid', eval_features='mnist',
+                      keep_best='')
 
   if arg == 'smoke':
     config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(14,))

@@ -34,7 +34,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='jaxgen', description='Train, sample and inspect generative image models (JAX/Flax).')
-  sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample,info}')
+  sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample,eval,info}')
 
   train = sub.add_parser(
       'train', help='train a model from an experiment config',
@@ -60,6 +60,33 @@ def _parser() -> argparse.ArgumentParser:
   sample.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
   sample.add_argument('--batch', type=int, default=256, help='images per compiled call (default 256)')
   sample.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
+
+  ev = sub.add_parser(
+      'eval', help='evaluate a run or a sample file (FID, KID, IS, precision/recall)',
+      description='Evaluate samples against a reference dataset. With --workdir, sample --num images '
+                  "from the run's EMA parameters and compare them with its dataset's train split; with "
+                  '--fake FILE.npz (uint8 NHWC under "images", from any library), compare that file with '
+                  '--real DATASET[:SPLIT] or FILE.npz. Prints a table and writes JSON into the workdir or '
+                  'beside the file. `jaxgen eval train-features --dataset mnist` trains the MNIST feature '
+                  'network used for "FID (MNIST features)".')
+  ev.add_argument('action', nargs='?', choices=('train-features',), default=None,
+                  help='train-features: train the domain feature network of --dataset')
+  ev.add_argument('--workdir', help='a run directory written by jaxgen train')
+  ev.add_argument('--fake', metavar='FILE.npz', help='samples to evaluate')
+  ev.add_argument('--real', metavar='DATASET[:SPLIT]|FILE.npz',
+                  help='reference images (default with --workdir: the run dataset, split train)')
+  ev.add_argument('--metrics', default='fid', help='comma-separated: fid,kid,is,pr (default fid)')
+  ev.add_argument('--features', choices=('inception', 'mnist'), default=None,
+                  help='feature network (default: mnist for MNIST, inception otherwise)')
+  ev.add_argument('--num', type=int, default=None,
+                  help='number of samples (default 10000 with --workdir, all images with --fake)')
+  ev.add_argument('--batch', type=int, default=256, help='images per compiled sampling call')
+  ev.add_argument('--seed', type=int, default=0, help='sampling seed')
+  ev.add_argument('--sampler', choices=('ddpm', 'ddim'), default=None, help='diffusion sampler')
+  ev.add_argument('--steps', type=int, default=None, help='DDIM steps')
+  ev.add_argument('--eta', type=float, default=None, help='DDIM noise scale')
+  ev.add_argument('--dataset', default='mnist', help='with train-features: the dataset (mnist)')
+  ev.add_argument('--num-steps', type=int, default=None, help='with train-features: training steps')
 
   info = sub.add_parser(
       'info', help="print a config's parameter count and FLOPs",
@@ -95,6 +122,35 @@ def _sample(args) -> None:
   print(f'Wrote {len(images)} images {images.shape[1:]} from step {run.step} to {args.out}.')
 
 
+def _eval(args) -> None:
+  from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+  if args.action == 'train-features':
+    from jaxgen.eval import domain  # pylint: disable=g-import-not-at-top
+    out_dir = domain.default_features_dir(args.dataset)
+    kwargs = {} if args.num_steps is None else {'num_steps': args.num_steps}
+    result = domain.train_domain_classifier(args.dataset, out_dir=out_dir, **kwargs)
+    print(f"Trained the {args.dataset} feature network: test accuracy {result['test_accuracy']:.4f}; "
+          f'saved to {out_dir}.')
+    return
+  if bool(args.workdir) == bool(args.fake):
+    raise JaxgenError('pass exactly one of --workdir (sample a run) and --fake FILE.npz.')
+  metrics = evaluate.parse_metrics(args.metrics)
+  if args.fake:
+    if not args.real and set(metrics) - {'is'}:
+      raise JaxgenError('--fake needs --real DATASET[:SPLIT] or --real FILE.npz for fid, kid and pr.')
+    result = evaluate.evaluate_npz(args.fake, args.real or '', metrics=metrics, features=args.features,
+                                   num=args.num)
+  else:
+    from jaxgen.run import load_run  # pylint: disable=g-import-not-at-top
+    run = load_run(args.workdir)
+    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta)
+    run.model.sample_options(**options)
+    result = evaluate.evaluate_run(run, metrics=metrics, num=args.num or 10_000, features=args.features,
+                                   real=args.real, seed=args.seed, batch=args.batch, **options)
+  print(evaluate.format_table(result))
+  print(f"Wrote {result['json']}.")
+
+
 def _info(args, overrides) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgen import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -123,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       _train(args, overrides)
     elif args.command == 'sample':
       _sample(args)
+    elif args.command == 'eval':
+      _eval(args)
     else:
       _info(args, overrides)
   except JaxgenError as e:

@@ -10,7 +10,7 @@ A `Run` holds the run's config, its model, the EMA parameters of the latest
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -48,26 +48,29 @@ class Run:
     """`num` images, float [num, H, W, C] in [-1, 1], from one compiled call."""
     return self._sampler(num, **options)(self.params, rng)
 
-  def generate(self, num: int, *, seed: int = 0, batch: int = 256, progress: bool = False,
-               **options: Any) -> np.ndarray:
-    """`num` uint8 images [num, H, W, C], in batches of `batch` spread over all devices.
+  def iter_generate(self, num: int, *, seed: int = 0, batch: int = 256, progress: bool = False,
+                    **options: Any) -> Iterator[np.ndarray]:
+    """Yields `num` uint8 images [b, H, W, C] batch by batch, spread over all devices.
 
     Batch i uses the key fold_in(PRNGKey(seed), i); `batch` is rounded up to a
     multiple of the device count and every batch has that shape, so the
-    sampler compiles once.
+    sampler compiles once (the last batch is trimmed after sampling).
     """
     if num < 1 or batch < 1:
       raise JaxgenError(f'--num and --batch must be positive, got {num} and {batch}.')
     n_dev = self.mesh.devices.size
-    batch = min(batch, num)
-    batch = math.ceil(batch / n_dev) * n_dev
+    batch = math.ceil(min(batch, num) / n_dev) * n_dev
     sample_fn = self._sampler(batch, **options)
     rng = jax.random.PRNGKey(seed)
-    out = []
     for i in tqdm.trange(math.ceil(num / batch), disable=not progress, desc='sample', unit='batch'):
       images = sample_fn(self.params, jax.random.fold_in(rng, i))
-      out.append(images_lib.to_uint8(jax.device_get(images)))
-    return np.concatenate(out)[:num]
+      yield images_lib.to_uint8(jax.device_get(images))[:num - i * batch]
+
+  def generate(self, num: int, *, seed: int = 0, batch: int = 256, progress: bool = False,
+               **options: Any) -> np.ndarray:
+    """`num` uint8 images [num, H, W, C]; see `iter_generate`."""
+    return np.concatenate(list(self.iter_generate(num, seed=seed, batch=batch, progress=progress,
+                                                  **options)))
 
 
 def load_run(workdir: str, step: int | None = None) -> Run:

@@ -22,15 +22,20 @@ from jaxgen.errors import JaxgenError
 MODEL_SECTIONS = ('family', 'model', 'diffusion', 'data')
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+def checkpoint_dir(workdir: str, subdir: str = 'checkpoints') -> str:
+  return os.path.join(os.path.abspath(workdir), subdir)
 
 
-def open_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager for `workdir`; with read_only it creates nothing."""
+def open_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False,
+                 subdir: str = 'checkpoints') -> ocp.CheckpointManager:
+  """A CheckpointManager for `WORKDIR/subdir`; with read_only it creates nothing.
+
+  `subdir` is 'checkpoints' for the latest steps and 'best' for the best
+  checkpoint by an evaluation metric (`train.keep_best`).
+  """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only, enable_async_checkpointing=not read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir, subdir), options=options)
 
 
 def latest_step(workdir: str) -> int | None:

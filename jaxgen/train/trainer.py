@@ -10,6 +10,7 @@ sees exactly the batches an uninterrupted run would.
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -45,6 +46,11 @@ class TrainConfig:
   keep_checkpoints: int = 3
   sample_every: int = 10_000  # 0: no sample grids during training
   num_grid: int = 64  # images in each sample grid
+  eval_every: int = 0  # 0: no evaluation during training
+  eval_num: int = 1000  # samples per evaluation
+  eval_metrics: str = 'fid'  # comma-separated: fid,kid,is,pr
+  eval_features: str = ''  # 'inception' | 'mnist'; '' picks by dataset
+  keep_best: str = ''  # metric whose best checkpoint is kept in WORKDIR/best ('fid', 'is', ...)
 
 
 def example_batch(image_shape: tuple[int, ...], batch_size: int = 1) -> dict[str, jax.Array]:
@@ -131,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with checkpoint.open_manager(workdir, read_only=True) as mngr:
       checkpoint.check_same_model(checkpoint.restore_config(mngr, start), config, workdir)
   data_lib.prepare_for(config.data)  # raises, before any write, if the data cannot be had
+  evaluator = Evaluator.create(s, workdir) if s.train.eval_every else None
 
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -197,6 +204,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           save(done)
         if tc.sample_every and done % tc.sample_every == 0:
           write_grid(workdir, done, grid_fn, state, writer)
+        if evaluator and done % tc.eval_every == 0:
+          flush(done)
+          evaluator(state, done, writer, config)
       done = int(jax.device_get(state.step))
       if done != last_saved:
         save(done)
@@ -204,6 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar.close()
     mngr.wait_until_finished()
     mngr.close()
+    if evaluator:
+      evaluator.close()
     writer.close()
   return state
 
@@ -215,3 +227,89 @@ def write_grid(workdir: str, step: int, grid_fn, state: TrainState, writer: Metr
   if writer.enabled:
     images_lib.save_grid(os.path.join(workdir, 'samples', f'step_{step:07d}.png'), images)
     writer.image(step, 'samples', images_lib.make_grid(images))
+
+
+# Metrics where larger is better; the others (FID, KID) are minimised.
+HIGHER_IS_BETTER = ('is', 'precision', 'recall')
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """Evaluates the EMA parameters during training and keeps the best checkpoint.
+
+  Samples `train.eval_num` images in fixed-shape batches (one compile), streams
+  them through the feature network and logs the metrics as `eval/<name>`.
+  With `train.keep_best`, the state with the best value so far is saved to
+  `WORKDIR/best/` (one checkpoint) and its value to `WORKDIR/best/best.json`.
+  """
+  setup: Setup
+  workdir: str
+  extractor: Any
+  reference: Any
+  metrics: tuple[str, ...]
+  sample_fn: Any
+  batch: int
+  best_key: str | None
+  best_value: float | None
+  best_mngr: Any
+
+  @classmethod
+  def create(cls, s: Setup, workdir: str) -> 'Evaluator':
+    """Checks the options and loads the feature network and reference (no writes to the run)."""
+    from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+    tc = s.train
+    metrics = evaluate.parse_metrics(tc.eval_metrics)
+    keep = tc.keep_best.lower()
+    names = {'fid': 'fid', 'kid': 'kid', 'is': 'is', 'precision': 'pr', 'recall': 'pr'}
+    if keep and names.get(keep) not in metrics:
+      raise JaxgenError(f'train.keep_best={tc.keep_best!r} must be one of the evaluated metrics '
+                        f'({tc.eval_metrics}); precision and recall come with pr.')
+    dataset = s.config.data.name
+    extractor = evaluate.get_extractor(tc.eval_features or evaluate.default_features(dataset))
+    reference = evaluate.reference(f'{dataset}:train', extractor) if set(metrics) - {'is'} else None
+    n_dev = s.mesh.devices.size
+    batch = -(-min(tc.eval_num, 256) // n_dev) * n_dev
+    sharding = mesh_lib.batch_sharding(s.mesh)
+    sample_fn = jax.jit(lambda params, rng: s.model.sample(params, rng, batch, sharding=sharding),
+                        out_shardings=sharding)
+    best_key = best_value = best_mngr = None
+    if keep:
+      best_key = {'fid': 'FID', 'kid': 'KID', 'is': 'IS'}.get(keep, keep) + extractor.label
+      best_json = os.path.join(checkpoint.checkpoint_dir(workdir, 'best'), 'best.json')
+      if os.path.isfile(best_json):
+        best_value = json.load(open(best_json))['value']
+      best_mngr = checkpoint.open_manager(workdir, max_to_keep=1, subdir='best')
+    return cls(s, workdir, extractor, reference, metrics, sample_fn, batch, best_key, best_value,
+               best_mngr)
+
+  def __call__(self, state: TrainState, step: int, writer: MetricWriter,
+               config: ml_collections.ConfigDict) -> dict[str, float]:
+    from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+    num = self.setup.train.eval_num
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0xE7A1)
+
+    def batches():
+      for i in range(-(-num // self.batch)):
+        images = jax.device_get(self.sample_fn(state.ema_params, jax.random.fold_in(rng, i)))
+        yield images_lib.to_uint8(images)[:num - i * self.batch]
+
+    fake = evaluate.extract(self.extractor, batches(), mesh=self.setup.mesh)
+    values = evaluate.compute(self.metrics, fake, self.reference, self.extractor)
+    writer.scalars(step, {f'eval/{k}': v for k, v in values.items()})
+    if self.best_key:
+      value = values[self.best_key]
+      higher = self.best_key.split(' ')[0].lower() in HIGHER_IS_BETTER
+      if self.best_value is None or (value > self.best_value if higher else value < self.best_value):
+        self.best_value = value
+        checkpoint.save(self.best_mngr, state, config)
+        self.best_mngr.wait_until_finished()
+        if writer.enabled:
+          path = os.path.join(checkpoint.checkpoint_dir(self.workdir, 'best'), 'best.json')
+          images_lib.atomic_write(path, lambda tmp: open(tmp, 'w').write(
+              json.dumps({'step': step, 'metric': self.best_key, 'value': value}) + '\n'))
+    return values
+
+  def close(self) -> None:
+    if self.best_mngr:
+      self.best_mngr.wait_until_finished()
+      self.best_mngr.close()

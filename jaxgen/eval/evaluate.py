@@ -1,0 +1,261 @@
+"""One evaluation layer for every family: FID, KID, Inception Score, precision/recall.
+
+Images stream through a feature extractor in batches (each batch spread over
+the devices); only their features are kept: running mean and covariance for
+FID, and the feature vectors (at most `max_kept` of them) for KID and
+precision/recall, the logits for IS. Reference statistics of a dataset split
+are computed once and cached in `$JAXGEN_CACHE_DIR/reference/`.
+
+Extractors:
+- 'inception': the FID Inception-v3 of pytorch-fid (its weights file must be
+  available; see `jaxgen.eval.inception`). Metrics are named 'FID', 'KID', 'IS'.
+- 'mnist': the domain classifier trained by `jaxgen eval train-features
+  --dataset mnist`. Metrics are named 'FID (MNIST features)' and so on, so that
+  nobody mistakes them for Inception numbers.
+
+    from jaxgen.eval import evaluate
+    result = evaluate.evaluate_npz('samples.npz', 'mnist:test', metrics=('fid', 'pr'), features='mnist')
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxgen import data as data_lib
+from jaxgen import images as images_lib
+from jaxgen.errors import JaxgenError
+from jaxgen.eval import metrics as metrics_lib
+from jaxgen.train import mesh as mesh_lib
+
+METRICS = ('fid', 'kid', 'is', 'pr')
+FEATURES = ('inception', 'mnist')
+REFERENCE_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Extractor:
+  """A feature network. `fn`: uint8 [B, H, W, C] -> (features [B, D], logits [B, K])."""
+  name: str
+  label: str  # '' for Inception, else ' (MNIST features)'
+  fn: Callable[[np.ndarray], tuple[jax.Array, jax.Array]]
+  image_shape: tuple[int, int, int] | None  # the input it requires; None: any size
+
+
+def get_extractor(name: str) -> Extractor:
+  """Loads the extractor called `name` ('inception' or 'mnist')."""
+  if name == 'inception':
+    from jaxgen.eval import inception  # pylint: disable=g-import-not-at-top
+    variables = inception.load_inception_params()
+    fn = jax.jit(lambda x: inception.inception_features(variables, x))
+    return Extractor('inception', '', fn, None)
+  if name == 'mnist':
+    from jaxgen.eval import domain  # pylint: disable=g-import-not-at-top
+    domain_fn, _ = domain.load_domain_extractor('mnist')
+    fn = lambda x: domain_fn(x.astype(np.float32) / 127.5 - 1.0)  # noqa: E731 uint8 -> [-1, 1]
+    return Extractor('mnist', ' (MNIST features)', fn, (28, 28, 1))
+  raise JaxgenError(f'unknown feature extractor {name!r}; use one of {", ".join(FEATURES)}.')
+
+
+def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
+  """'fid,kid' -> ('fid', 'kid'), naming any unknown metric."""
+  names = tuple(m.strip().lower() for m in (spec.split(',') if isinstance(spec, str) else spec) if m.strip())
+  unknown = [m for m in names if m not in METRICS]
+  if unknown or not names:
+    raise JaxgenError(f'unknown metric {unknown[0] if unknown else spec!r}; choose from {",".join(METRICS)}.')
+  return names
+
+
+@dataclasses.dataclass
+class FeatureSet:
+  """What the metrics need of one image set."""
+  stats: metrics_lib.FeatureStats
+  features: np.ndarray  # [min(N, max_kept), D] float32
+  logits: np.ndarray  # [min(N, max_kept), K] float32
+
+
+def extract(extractor: Extractor, batches: Iterable[np.ndarray], *, max_kept: int = 10_000,
+            mesh: jax.sharding.Mesh | None = None) -> FeatureSet:
+  """Streams uint8 [B, H, W, C] batches through `extractor`.
+
+  Each batch whose size divides the device count is split over the mesh.
+  Raises JaxgenError if the images do not have the shape the extractor needs.
+  """
+  mesh = mesh or mesh_lib.make_mesh()
+  sharding = mesh_lib.batch_sharding(mesh)
+  stats, kept_f, kept_l, n_kept = None, [], [], 0
+  for batch in batches:
+    if extractor.image_shape and tuple(batch.shape[1:]) != extractor.image_shape:
+      raise JaxgenError(f'the {extractor.name} feature network takes images of shape '
+                        f'{extractor.image_shape}, got {tuple(batch.shape[1:])}; use --features inception.')
+    x = jax.device_put(batch, sharding) if len(batch) % mesh.devices.size == 0 else batch
+    features, logits = jax.device_get(extractor.fn(x))
+    features = np.asarray(features, np.float32)
+    stats = (stats or metrics_lib.FeatureStats.empty(features.shape[1])).update(features)
+    if n_kept < max_kept:
+      take = min(len(features), max_kept - n_kept)
+      kept_f.append(features[:take])
+      kept_l.append(np.asarray(logits, np.float32)[:take])
+      n_kept += take
+  if stats is None:
+    raise JaxgenError('no images to evaluate.')
+  return FeatureSet(stats, np.concatenate(kept_f), np.concatenate(kept_l))
+
+
+def compute(metrics: Sequence[str], fake: FeatureSet, real: FeatureSet | None,
+            extractor: Extractor) -> dict[str, float]:
+  """The requested metrics of `fake` against `real`, named with the extractor's label."""
+  out, label = {}, extractor.label
+  if real is None and set(metrics) - {'is'}:
+    raise JaxgenError('FID, KID and precision/recall need reference images; pass --real.')
+  if 'fid' in metrics:
+    out[f'FID{label}'] = metrics_lib.fid_from_stats(real.stats, fake.stats)
+  if 'kid' in metrics:
+    subset = min(1000, len(real.features), len(fake.features))
+    mean, std = metrics_lib.kernel_inception_distance(real.features, fake.features, subset_size=subset)
+    out[f'KID{label}'], out[f'KID{label} std'] = mean, std
+  if 'is' in metrics:
+    splits = 10 if len(fake.logits) >= 100 else 1
+    mean, std = metrics_lib.inception_score(fake.logits, num_splits=splits, from_logits=True)
+    out[f'IS{label}'], out[f'IS{label} std'] = mean, std
+  if 'pr' in metrics:
+    precision, recall = metrics_lib.precision_recall(real.features, fake.features, k=3)
+    out[f'precision{label}'], out[f'recall{label}'] = precision, recall
+  return out
+
+
+# ------------------------------------------------------------------- image sources
+
+
+def npz_batches(path: str, num: int | None = None, batch: int = 500) -> tuple[Iterator[np.ndarray], int]:
+  """(uint8 batches, count) of the images in an .npz under the key 'images', checked first."""
+  if not os.path.isfile(path):
+    raise JaxgenError(f'sample file {path} does not exist.')
+  try:
+    data = np.load(path, mmap_mode='r', allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise JaxgenError(f'{path} is not a readable .npz file ({e}).') from None
+  if 'images' not in data:
+    raise JaxgenError(f'{path} has no key "images" (it has {", ".join(data.files) or "none"}); '
+                      'save uint8 NHWC images under that key.')
+  images = data['images']
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise JaxgenError(f'{path}: "images" must be NHWC with 1 or 3 channels, got shape {images.shape}.')
+  if images.dtype != np.uint8:
+    raise JaxgenError(f'{path}: "images" must be uint8 in [0, 255], got dtype {images.dtype}.')
+  num = len(images) if num is None else num
+  if len(images) < num:
+    raise JaxgenError(f'{path} holds {len(images)} images, fewer than the {num} asked for; '
+                      f'sample more or lower --num.')
+  return (np.asarray(images[i:min(i + batch, num)]) for i in range(0, num, batch)), num
+
+
+def dataset_batches(name: str, split: str, batch: int = 500) -> Iterator[np.ndarray]:
+  """uint8 batches of a dataset split (padding dropped)."""
+  config = ml_collections.ConfigDict(dict(name=name, random_flip=False))
+  data_lib.prepare_for(config)
+  for b in data_lib.eval_batches(config, batch_size=batch, split=split, process_count=1, process_index=0):
+    yield images_lib.to_uint8(b['image'][b['mask']])
+
+
+def cache_dir() -> str:
+  return os.path.join(os.path.expanduser(os.environ.get('JAXGEN_CACHE_DIR', '~/.cache/jaxgen')),
+                      'reference')
+
+
+def reference(spec: str, extractor: Extractor, *, max_kept: int = 10_000) -> FeatureSet:
+  """The FeatureSet of 'DATASET[:SPLIT]' (default split 'train'), cached, or of an .npz file."""
+  if spec.endswith('.npz'):
+    batches, _ = npz_batches(spec)
+    return extract(extractor, batches, max_kept=max_kept)
+  name, _, split = spec.partition(':')
+  split = split or 'train'
+  path = os.path.join(cache_dir(), f'{name}_{split}_{extractor.name}_{max_kept}.npz')
+  if os.path.isfile(path):
+    with np.load(path, allow_pickle=False) as f:
+      if int(f['version']) == REFERENCE_FORMAT_VERSION:
+        stats = metrics_lib.FeatureStats(int(f['count']), f['mean'], f['m2'])
+        return FeatureSet(stats, f['features'], f['logits'])
+  ref = extract(extractor, dataset_batches(name, split), max_kept=max_kept)
+
+  def write(tmp):
+    with open(tmp, 'wb') as fh:
+      np.savez(fh, version=REFERENCE_FORMAT_VERSION, count=ref.stats.count, mean=ref.stats.mean,
+               m2=ref.stats.m2, features=ref.features, logits=ref.logits)
+
+  images_lib.atomic_write(path, write)
+  return ref
+
+
+# ------------------------------------------------------------------- front ends
+
+
+def default_features(dataset: str) -> str:
+  return 'mnist' if dataset == 'mnist' else 'inception'
+
+
+def evaluate_images(batches: Iterable[np.ndarray], real: str, *, metrics: Sequence[str],
+                    features: str) -> dict[str, Any]:
+  """Metrics of uint8 image batches against the reference `real` ('DATASET[:SPLIT]' or .npz)."""
+  metrics = parse_metrics(metrics)
+  extractor = get_extractor(features)
+  ref = reference(real, extractor) if set(metrics) - {'is'} else None
+  fake = extract(extractor, batches)
+  values = compute(metrics, fake, ref, extractor)
+  return dict(metrics=values, num_fake=fake.stats.count,
+              num_real=ref.stats.count if ref else None, real=real if ref else None,
+              features=extractor.name, date=datetime.datetime.now().isoformat(timespec='seconds'))
+
+
+def evaluate_npz(fake: str, real: str, *, metrics: Sequence[str] = ('fid',), features: str | None = None,
+                 num: int | None = None, write: bool = True) -> dict[str, Any]:
+  """Evaluates an .npz of samples (any library's) and writes `FAKE.eval.json` beside it."""
+  metrics = parse_metrics(metrics)
+  features = features or default_features(real.partition(':')[0])
+  batches, _ = npz_batches(fake, num)  # checked before any work
+  result = dict(fake=os.path.abspath(fake), **evaluate_images(batches, real, metrics=metrics,
+                                                                  features=features))
+  if write:
+    _write_json(os.path.splitext(fake)[0] + '.eval.json', result)
+  return result
+
+
+def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_000,
+                 features: str | None = None, real: str | None = None, seed: int = 0,
+                 batch: int = 256, write: bool = True, **sample_options: Any) -> dict[str, Any]:
+  """Samples `num` images from a loaded run and evaluates them against its dataset's train split.
+
+  Writes `WORKDIR/eval_step_XXXXXXX.json`.
+  """
+  metrics = parse_metrics(metrics)
+  dataset = run.config.data.name
+  features = features or default_features(dataset)
+  real = real or f'{dataset}:train'
+  batches = run.iter_generate(num, seed=seed, batch=batch, progress=True, **sample_options)
+  result = dict(workdir=os.path.abspath(run.workdir), step=run.step,
+                sample_options=run.model.sample_options(**sample_options), seed=seed,
+                **evaluate_images(batches, real, metrics=metrics, features=features))
+  if write:
+    _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}.json'), result)
+  return result
+
+
+def _write_json(path: str, result: dict[str, Any]) -> None:
+  result['json'] = path
+  images_lib.atomic_write(path, lambda tmp: open(tmp, 'w').write(json.dumps(result, indent=2) + '\n'))
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """A two-column table of the metric values, with what they were computed on."""
+  rows = [(k, f'{v:.6g}') for k, v in result['metrics'].items()]
+  width = max(len(k) for k, _ in rows)
+  lines = [f'{k:<{width}}  {v}' for k, v in rows]
+  lines.append(f'({result["num_fake"]} samples'
+               + (f' vs {result["num_real"]} of {result["real"]}' if result.get('real') else '')
+               + f'; features: {result["features"]})')
+  return '\n'.join(lines)
