@@ -9,9 +9,11 @@ features and the 1008-way logits on the same uint8 images at several sizes:
 
 Random weights prove the port only if every parameter matters, so: conv and fc
 weights are He-normal, BN scale/shift are random, and the BN running stats are
-first calibrated on a batch (so that activations keep a realistic scale through
-94 conv layers, like a trained network's) and then perturbed at random (so
-that a mix-up of mean/var or of any two layers shows).
+first calibrated on a batch of random images (noise, and upsampled noise) (so that activations keep a
+realistic scale through 94 conv layers: pool3 features come out with mean
+~0.4 like the real network's, and the stats are far from their 0/1 defaults
+and differ per channel) and then perturbed at random (so that they are not
+exactly the statistics of any batch).
 
 The reference is pytorch-fid's `InceptionV3([3], resize_input=True,
 normalize_input=True, use_fid_inception=True)` (its features) and the
@@ -22,21 +24,61 @@ side's rounding.
 
     python -m benchmarks.inception_port_check [--batch 8] [--sizes 32,299,512] [--seed 0]
 
-Needs torch and pytorch-fid (not jaxgen dependencies); see
-benchmarks/results/inception_port.md for how they were installed.
+Needs torch, torchvision and pytorch-fid (not jaxgen dependencies); see
+benchmarks/results/inception_port.md for how they were installed and
+`import_pytorch_fid` for the one shim a CUDA torchvision next to a CPU torch needs.
 """
 
 import argparse
 import contextlib
 import datetime
 import platform
+import sys
 import time
 from unittest import mock
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxgen.eval import inception
+
+
+def import_pytorch_fid():
+  """Imports torch, torchvision and pytorch_fid.inception; returns the three modules.
+
+  The only torchvision wheels on PyPI are CUDA builds, whose C++ ops (`_C.so`,
+  linked to libtorch_cuda) cannot load next to a CPU-only torch. torchvision
+  then still works for its pure-Python models (all pytorch-fid uses), except
+  that `torchvision/_meta_registrations.py` registers fake kernels for
+  `torchvision::nms` and `torchvision::qnms` without checking that the ops
+  exist, so `import torchvision` raises "operator torchvision::nms does not
+  exist". Only in that case, the import is retried with
+  `torch.library.register_fake` skipping `torchvision::*` ops (fake kernels are
+  for torch.compile tracing of detection ops: nothing Inception touches).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    import torchvision  # pylint: disable=g-import-not-at-top
+  except RuntimeError as e:
+    if 'torchvision::' not in str(e):
+      raise
+    for name in [m for m in sys.modules if m == 'torchvision' or m.startswith('torchvision.')]:
+      del sys.modules[name]  # drop the half-imported package before retrying
+    register_fake = torch.library.register_fake
+
+    def register_fake_except_torchvision(op, *args, **kwargs):
+      if isinstance(op, str) and op.startswith('torchvision::'):
+        return lambda fn: fn
+      return register_fake(op, *args, **kwargs)
+
+    torch.library.register_fake = register_fake_except_torchvision
+    try:
+      import torchvision  # pylint: disable=g-import-not-at-top,redefined-outer-name
+    finally:
+      torch.library.register_fake = register_fake
+  from pytorch_fid import inception as pfi  # pylint: disable=g-import-not-at-top
+  return torch, torchvision, pfi
 
 
 def build_pytorch_fid(seed: int = 0, calib_batch: int = 4):
@@ -47,9 +89,7 @@ def build_pytorch_fid(seed: int = 0, calib_batch: int = 4):
   the `fid_inception_v3()` it was built from (same modules; it also holds
   `fc`), whose `state_dict()` has the names of the real .pth file.
   """
-  import torch  # pylint: disable=g-import-not-at-top
-  import torchvision  # pylint: disable=g-import-not-at-top
-  from pytorch_fid import inception as pfi  # pylint: disable=g-import-not-at-top
+  torch, torchvision, pfi = import_pytorch_fid()
 
   # fid_inception_v3() ends by downloading and loading the real weights; skip
   # only that step (no network here), keeping everything else pytorch-fid's own.
@@ -78,15 +118,22 @@ def build_pytorch_fid(seed: int = 0, calib_batch: int = 4):
     for m in bns:
       m.reset_running_stats()
       m.momentum = None
+    # Half pixel noise at 299x299, half 32x32 noise that the wrapper upsamples
+    # (smooth): real photos lie in between, and so then do the test inputs.
     wrapper.train()
-    wrapper(torch.rand((calib_batch, 3, 299, 299), generator=gen))
+    wrapper(torch.cat([torch.rand((calib_batch // 2, 3, 299, 299), generator=gen),
+                       torch.nn.functional.interpolate(
+                           torch.rand((calib_batch - calib_batch // 2, 3, 32, 32), generator=gen),
+                           size=(299, 299), mode='bilinear', align_corners=False)]))
     wrapper.eval()
     net.eval()
+    # Then perturb them, lightly: the perturbations compound over the network's
+    # depth (0.3 std / x e^(0.5 N) here blows the features up ~1000x).
     for m in bns:
       m.momentum = 0.1
       std = m.running_var.sqrt()
-      m.running_mean.add_(0.3 * std * torch.randn(m.running_mean.shape, generator=gen))
-      m.running_var.mul_(torch.exp(0.5 * torch.randn(m.running_var.shape, generator=gen)))
+      m.running_mean.add_(0.05 * std * torch.randn(m.running_mean.shape, generator=gen))
+      m.running_var.mul_(torch.exp(0.1 * torch.randn(m.running_var.shape, generator=gen)))
   return wrapper, net
 
 
@@ -137,9 +184,8 @@ def main() -> None:
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
 
-  import torch  # pylint: disable=g-import-not-at-top
+  torch, torchvision, _ = import_pytorch_fid()
   import pytorch_fid  # pylint: disable=g-import-not-at-top
-  import torchvision  # pylint: disable=g-import-not-at-top
   print(f'date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, '
         f'{jax.device_count()} jax device(s) ({jax.devices()[0].platform}), torch threads '
         f'{torch.get_num_threads()}')
@@ -176,6 +222,14 @@ def main() -> None:
                  diff_stats(ref_l, f64_l)))
     print(f'\n{s}x{s}: jax {t_jax:.1f}s (incl. compile), torch {t_torch:.1f}s; '
           f'feature mean {ref_f.mean():.3f} std {ref_f.std():.3f}, logit std {ref_l.std():.3f}')
+
+  # The running stats matter: with their defaults (mean 0, var 1) the features are far off.
+  flat = {k: (np.zeros_like(v) if k[-1] == 'mean' else np.ones_like(v)) if k[0] == 'batch_stats' else v
+          for k, v in traverse_util.flatten_dict(jax.device_get(variables)).items()}
+  default_stats = traverse_util.unflatten_dict(flat)
+  feats_default, _ = inception.inception_features(default_stats, images)
+  print(f'\nsensitivity: features with BN running stats reset to 0/1 differ from pytorch-fid by '
+        f'rel L2 {diff_stats(feats_default, ref_f)["rel_l2"]:.2f} (on the last size)')
 
   print(f'\nbatch {args.batch} random uint8 images; jax = this port (float32), torch32 = pytorch-fid '
         '(float32), torch64 = pytorch-fid in float64')

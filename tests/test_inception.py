@@ -33,7 +33,7 @@ NUM_NUMBERS = 23_885_392
 
 @pytest.fixture(scope='module')
 def random_variables():
-  return inception.init_inception_params(jax.random.PRNGKey(0))
+  return inception.init_inception_params(0)
 
 
 def _randomize_bn(variables, seed=0):
@@ -106,7 +106,8 @@ def _torch_resize_reference(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray
 def test_resize_matches_torch_formula(in_hw, out_hw):
   x = np.random.default_rng(0).random((2, *in_hw, 3), dtype=np.float32)
   ours = np.asarray(inception.resize_bilinear_torch(x, out_hw))
-  np.testing.assert_allclose(ours, _torch_resize_reference(x, *out_hw), atol=2e-6)
+  # aten computes the source coordinates in float32, hence ~1e-6 from the float64 reference.
+  np.testing.assert_allclose(ours, _torch_resize_reference(x, *out_hw), atol=1e-5)
 
 
 def test_resize_vs_jax_image_resize():
@@ -128,7 +129,7 @@ def test_resize_vs_jax_image_resize():
   # Downsampling by a non-integer factor (like 512 -> 299), small enough for the per-pixel loop.
   small = down[:, :64, :64]
   np.testing.assert_allclose(inception.resize_bilinear_torch(small, (37, 37)),
-                             _torch_resize_reference(small, 37, 37), atol=2e-6)
+                             _torch_resize_reference(small, 37, 37), atol=1e-5)
 
 
 def _fake_state_dict(expected):
@@ -200,8 +201,8 @@ def test_converter_rejects_wrong_state_dicts():
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch):
   monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-  return tmp_path / 'cache' / 'jaxgen'
+  monkeypatch.setenv('JAXGEN_CACHE_DIR', str(tmp_path / 'cache'))
+  return tmp_path / 'cache'
 
 
 def _assert_one_sentence_naming_file(message: str):
@@ -267,8 +268,8 @@ def test_pth_without_torch_says_install_torch(empty_cache, monkeypatch, tmp_path
 
 # ---------------------------------------------------------------- against pytorch-fid
 
-needs_torch = pytest.mark.skipif(not HAS_TORCH,
-                                 reason='needs torch, torchvision and pytorch_fid (not jaxgen dependencies)')
+needs_torch = pytest.mark.skipif(
+    not HAS_TORCH, reason='needs torch, torchvision and pytorch_fid (not jaxgen dependencies)')
 
 
 @pytest.fixture(scope='module')
@@ -300,9 +301,10 @@ def test_matches_pytorch_fid_with_random_weights(pytorch_fid_random):
     f64_f, f64_l = check.torch_forward(wrapper, net, images, dtype=torch.float64)
     for ours, ref, ref64 in ((feats, ref_f, f64_f), (logits, ref_l, f64_l)):
       d = check.diff_stats(ours, ref)
-      assert d['max_rel'] < 1e-4 and d['rel_l2'] < 1e-5, (s, d)
-      # Our float32 error is of the order of torch's own float32 error.
-      assert check.diff_stats(ours, ref64)['max_abs'] < 10 * check.diff_stats(ref, ref64)['max_abs'] + 1e-6
+      assert d['max_rel'] < 1e-4 and d['rel_l2'] < 1e-4, (s, d)
+      # Against float64 torch, our float32 error is that of float32 torch.
+      ours64, torch64 = check.diff_stats(ours, ref64)['max_abs'], check.diff_stats(ref, ref64)['max_abs']
+      assert ours64 < 3 * torch64 + 1e-6, (s, ours64, torch64)
 
 
 @needs_torch

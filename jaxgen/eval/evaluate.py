@@ -31,6 +31,7 @@ from jaxgen import data as data_lib
 from jaxgen import images as images_lib
 from jaxgen.errors import JaxgenError
 from jaxgen.eval import metrics as metrics_lib
+from jaxgen.eval.cache import cache_dir
 from jaxgen.train import mesh as mesh_lib
 
 METRICS = ('fid', 'kid', 'is', 'pr')
@@ -163,11 +164,6 @@ def dataset_batches(name: str, split: str, batch: int = 500) -> Iterator[np.ndar
     yield images_lib.to_uint8(b['image'][b['mask']])
 
 
-def cache_dir() -> str:
-  return os.path.join(os.path.expanduser(os.environ.get('JAXGEN_CACHE_DIR', '~/.cache/jaxgen')),
-                      'reference')
-
-
 def reference(spec: str, extractor: Extractor, *, max_kept: int = 10_000) -> FeatureSet:
   """The FeatureSet of 'DATASET[:SPLIT]' (default split 'train'), cached, or of an .npz file."""
   if spec.endswith('.npz'):
@@ -175,7 +171,7 @@ def reference(spec: str, extractor: Extractor, *, max_kept: int = 10_000) -> Fea
     return extract(extractor, batches, max_kept=max_kept)
   name, _, split = spec.partition(':')
   split = split or 'train'
-  path = os.path.join(cache_dir(), f'{name}_{split}_{extractor.name}_{max_kept}.npz')
+  path = cache_dir('reference', f'{name}_{split}_{extractor.name}_{max_kept}.npz')
   if os.path.isfile(path):
     with np.load(path, allow_pickle=False) as f:
       if int(f['version']) == REFERENCE_FORMAT_VERSION:

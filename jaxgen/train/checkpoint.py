@@ -33,8 +33,11 @@ def open_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False,
   `subdir` is 'checkpoints' for the latest steps and 'best' for the best
   checkpoint by an evaluation metric (`train.keep_best`).
   """
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         read_only=read_only, enable_async_checkpointing=not read_only)
+  if read_only:  # the values Orbax would force (and warn about) for a read-only manager
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0, create=False,
+                                           read_only=True, enable_async_checkpointing=False)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir, subdir), options=options)
 
 
