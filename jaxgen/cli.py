@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
   ev.add_argument('--fake', metavar='FILE.npz', help='samples to evaluate')
   ev.add_argument('--real', metavar='DATASET[:SPLIT]|FILE.npz',
                   help='reference images (default with --workdir: the run dataset, split train)')
-  ev.add_argument('--metrics', default='fid', help='comma-separated: fid,kid,is,pr (default fid)')
+  ev.add_argument('--metrics', default='fid',
+                  help='comma-separated: fid,kid,is,pr and, with --workdir, bpd (default fid)')
   ev.add_argument('--features', choices=('inception', 'mnist'), default=None,
                   help='feature network (default: mnist for MNIST, inception otherwise)')
   ev.add_argument('--num', type=int, default=None,

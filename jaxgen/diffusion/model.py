@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxgen import config as config_lib
-from jaxgen.diffusion import samplers, schedules
+from jaxgen.diffusion import likelihood, samplers, schedules
 from jaxgen.diffusion.unet import UNet, UNetConfig
 from jaxgen.errors import JaxgenError
 
@@ -117,6 +117,15 @@ class DiffusionModel:
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost['flops']) if cost and 'flops' in cost else None
+
+  def nll(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array,
+          sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+    """Upper bound on -log p(image) in nats per image [B] (8-bit data; see diffusion.likelihood).
+
+    Uses the config's DDPM variance; T network evaluations per image.
+    """
+    return likelihood.nll_bound(self.eps_fn(params, self._labels(batch), sharding), self.schedule,
+                                batch['image'], rng, variance=self.sample_config.variance)
 
   def evaluations_per_sample(self, **options: Any) -> int:
     opts = self.sample_options(**options)

@@ -34,7 +34,7 @@ from jaxgen.eval import metrics as metrics_lib
 from jaxgen.eval.cache import cache_dir
 from jaxgen.train import mesh as mesh_lib
 
-METRICS = ('fid', 'kid', 'is', 'pr')
+METRICS = ('fid', 'kid', 'is', 'pr', 'bpd')  # bpd: a model's likelihood, not a sample metric
 FEATURES = ('inception', 'mnist')
 REFERENCE_FORMAT_VERSION = 1
 
@@ -212,6 +212,8 @@ def evaluate_npz(fake: str, real: str, *, metrics: Sequence[str] = ('fid',), fea
                  num: int | None = None, write: bool = True) -> dict[str, Any]:
   """Evaluates an .npz of samples (any library's) and writes `FAKE.eval.json` beside it."""
   metrics = parse_metrics(metrics)
+  if 'bpd' in metrics:
+    raise JaxgenError('bpd is a likelihood of a model, not of a sample file; use --workdir.')
   features = features or default_features(real.partition(':')[0])
   batches, _ = npz_batches(fake, num)  # checked before any work
   result = dict(fake=os.path.abspath(fake), **evaluate_images(batches, real, metrics=metrics,
@@ -224,21 +226,60 @@ def evaluate_npz(fake: str, real: str, *, metrics: Sequence[str] = ('fid',), fea
 def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_000,
                  features: str | None = None, real: str | None = None, seed: int = 0,
                  batch: int = 256, write: bool = True, **sample_options: Any) -> dict[str, Any]:
-  """Samples `num` images from a loaded run and evaluates them against its dataset's train split.
+  """Evaluates a loaded run: sample metrics on `num` samples against its dataset's train split
+  (or `real`), and `bpd` on the first `num` images of its test split.
 
   Writes `WORKDIR/eval_step_XXXXXXX.json`.
   """
   metrics = parse_metrics(metrics)
   dataset = run.config.data.name
-  features = features or default_features(dataset)
-  real = real or f'{dataset}:train'
-  batches = run.iter_generate(num, seed=seed, batch=batch, progress=True, **sample_options)
-  result = dict(workdir=os.path.abspath(run.workdir), step=run.step,
-                sample_options=run.model.sample_options(**sample_options), seed=seed,
-                **evaluate_images(batches, real, metrics=metrics, features=features))
+  result = dict(workdir=os.path.abspath(run.workdir), step=run.step, seed=seed, metrics={})
+  sample_metrics = tuple(m for m in metrics if m != 'bpd')
+  if sample_metrics:
+    batches = run.iter_generate(num, seed=seed, batch=batch, progress=True, **sample_options)
+    result.update(sample_options=run.model.sample_options(**sample_options),
+                  **evaluate_images(batches, real or f'{dataset}:train', metrics=sample_metrics,
+                                    features=features or default_features(dataset)))
+  if 'bpd' in metrics:
+    bpd = likelihood_metrics(run, num=num, batch=batch, seed=seed)
+    result['metrics'].update(bpd.pop('metrics'))
+    result.update(bpd)
   if write:
     _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}.json'), result)
   return result
+
+
+def likelihood_metrics(run: Any, *, num: int, batch: int = 256, seed: int = 0,
+                       split: str = 'test') -> dict[str, Any]:
+  """The model's NLL bound on the first `num` images of `split`: nats per image and bits/dim.
+
+  Batches have one shape (padded, then masked), spread over the devices, so
+  the bound compiles once.
+  """
+  if not hasattr(run.model, 'nll'):
+    raise JaxgenError(f'the {run.config.family} family has no likelihood; drop bpd from --metrics.')
+  n_dev = run.mesh.devices.size
+  batch = -(-min(batch, num) // n_dev) * n_dev
+  sharding = mesh_lib.batch_sharding(run.mesh)
+  nll_fn = jax.jit(lambda params, b, rng: run.model.nll(params, b, rng, sharding=sharding))
+  config = ml_collections.ConfigDict(dict(name=run.config.data.name, random_flip=False))
+  data_lib.prepare_for(config)
+  total, count = 0.0, 0
+  rng = jax.random.PRNGKey(seed)
+  for i, b in enumerate(data_lib.eval_batches(config, batch_size=batch, split=split,
+                                                process_count=1, process_index=0)):
+    mask = b.pop('mask')[:max(num - count, 0)]
+    nll = np.asarray(jax.device_get(nll_fn(run.params, jax.device_put(b, sharding),
+                                           jax.random.fold_in(rng, i))))
+    total += float(nll[:len(mask)][mask].sum())
+    count += int(mask.sum())
+    if count >= num:
+      break
+  num_dims = int(np.prod(run.model.image_shape))
+  nats = total / count
+  return dict(metrics={'NLL bound (nats)': nats,
+                       'bits/dim': metrics_lib.bits_per_dim(nats, num_dims)},
+              num_test=count, test_split=split)
 
 
 def _write_json(path: str, result: dict[str, Any]) -> None:
@@ -251,7 +292,10 @@ def format_table(result: dict[str, Any]) -> str:
   rows = [(k, f'{v:.6g}') for k, v in result['metrics'].items()]
   width = max(len(k) for k, _ in rows)
   lines = [f'{k:<{width}}  {v}' for k, v in rows]
-  lines.append(f'({result["num_fake"]} samples'
-               + (f' vs {result["num_real"]} of {result["real"]}' if result.get('real') else '')
-               + f'; features: {result["features"]})')
+  if 'num_fake' in result:
+    lines.append(f'({result["num_fake"]} samples'
+                 + (f' vs {result["num_real"]} of {result["real"]}' if result.get('real') else '')
+                 + f'; features: {result["features"]})')
+  if 'num_test' in result:
+    lines.append(f'(bits/dim on {result["num_test"]} images of the {result["test_split"]} split)')
   return '\n'.join(lines)
