@@ -142,7 +142,7 @@ def test_cli_eval_of_a_trained_run(features_env, tmp_path, capsys):
                    '--batch', '32', '--steps', '3']) == 0
   out = capsys.readouterr().out
   assert 'FID (MNIST features)' in out and '64 samples vs 60000 of mnist:train' in out
-  result = json.load(open(os.path.join(workdir, 'eval_step_0000005.json')))
+  result = json.load(open(os.path.join(workdir, 'eval_step_0000005_fid-kid-is-pr.json')))
   assert result['num_fake'] == 64 and result['features'] == 'mnist'
   assert set(result['metrics']) >= {'FID (MNIST features)', 'KID (MNIST features)',
                                     'IS (MNIST features)', 'precision (MNIST features)'}

@@ -78,7 +78,7 @@ def test_bound_through_the_cli(mnist_env, tmp_path, capsys):
   trainer.train_and_evaluate(config, workdir)
   assert cli.main(['eval', '--workdir', workdir, '--metrics', 'bpd', '--num', '20', '--batch', '16']) == 0
   assert 'bits/dim on 20 images of the test split' in capsys.readouterr().out
-  result = json.load(open(os.path.join(workdir, 'eval_step_0000005.json')))
+  result = json.load(open(os.path.join(workdir, 'eval_step_0000005_bpd.json')))
   bpd = result['metrics']['bits/dim']
   nats = result['metrics']['NLL bound (nats)']
   np.testing.assert_allclose(bpd, nats / (784 * np.log(2)), rtol=1e-9)

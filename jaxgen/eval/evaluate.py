@@ -229,7 +229,7 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
   """Evaluates a loaded run: sample metrics on `num` samples against its dataset's train split
   (or `real`), and `bpd` on the first `num` images of its test split.
 
-  Writes `WORKDIR/eval_step_XXXXXXX.json`.
+  Writes `WORKDIR/eval_step_XXXXXXX_<metrics>.json` (e.g. `eval_step_0003000_fid-kid.json`).
   """
   metrics = parse_metrics(metrics)
   dataset = run.config.data.name
@@ -245,7 +245,8 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
     result['metrics'].update(bpd.pop('metrics'))
     result.update(bpd)
   if write:
-    _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}.json'), result)
+    # The metric set is in the name, so evaluating bpd does not overwrite an FID result.
+    _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}_{"-".join(metrics)}.json'), result)
   return result
 
 
