@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument('--config', required=True, metavar='FILE.py[:ARG]',
                      help="experiment config file, optionally with an argument (e.g. ':smoke')")
   train.add_argument('--workdir', required=True, help='run directory (created; resumed if it exists)')
+  dist = train.add_argument_group(
+      'several processes', 'run the same command in every process (jax.distributed); '
+      'without these flags the run uses one process')
+  dist.add_argument('--distributed', action='store_true',
+                    help="initialize jax.distributed from the cluster's environment (SLURM, TPU pods, ...)")
+  dist.add_argument('--coordinator-address', metavar='HOST:PORT', help='address of process 0')
+  dist.add_argument('--num-processes', type=int, help='number of processes')
+  dist.add_argument('--process-id', type=int, help='this process (0 .. num-processes - 1)')
 
   sample = sub.add_parser(
       'sample', help='sample images from a trained run',
@@ -99,8 +107,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args, overrides) -> None:
   from jaxgen import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxgen.train import trainer  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_config(args.config, overrides)
+  from jaxgen.train import distributed, trainer  # pylint: disable=g-import-not-at-top
+  explicit = (args.coordinator_address, args.num_processes, args.process_id)
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    raise JaxgenError('--coordinator-address, --num-processes and --process-id go together; '
+                      'pass all three or none (or --distributed to read them from the cluster).')
+  config = config_lib.load_config(args.config, overrides)  # checked before any device is touched
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         auto=args.distributed)
   trainer.train_and_evaluate(config, args.workdir)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tqdm
@@ -138,6 +139,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       checkpoint.check_same_model(checkpoint.restore_config(mngr, start), config, workdir)
   data_lib.prepare_for(config.data)  # raises, before any write, if the data cannot be had
   evaluator = Evaluator.create(s, workdir) if s.train.eval_every else None
+  if jax.process_count() > 1:
+    # Every process has looked at the workdir before any process writes to it;
+    # otherwise they can see different checkpoint states and take different
+    # (collective) Orbax paths.
+    multihost_utils.sync_global_devices('jaxgen:checked-workdir')
 
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -153,7 +159,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   mesh, tc = s.mesh, s.train
   step_fn = compile_train_step(s)
-  grid_fn = jax.jit(lambda params, rng: s.model.sample(params, rng, tc.num_grid))
+  # Replicated output, so every process can fetch the grid (process 0 writes it).
+  grid_fn = jax.jit(lambda params, rng: s.model.sample(params, rng, tc.num_grid),
+                    out_shardings=mesh_lib.replicated(mesh))
   batches = data_lib.train_batches(config.data, global_batch_size=tc.batch_size,
                                    seed=config.seed, start_step=start)
   writer = MetricWriter(workdir, enabled=is_main)
