@@ -117,13 +117,6 @@ def default_features_dir(dataset: str = 'mnist') -> str:
 # ---------------------------------------------------------------------------- training
 
 
-def _check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
-  n = mesh.devices.size
-  if batch_size <= 0 or batch_size % n or batch_size % jax.process_count():
-    raise JaxgenError(f'batch size {batch_size} must be a positive multiple of the device count '
-                      f'{n}; choose another batch size.')
-
-
 def _optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
   """Adam with a short warm-up and a cosine decay to zero over the run.
 
@@ -191,14 +184,14 @@ def fit_domain_classifier(dataset: str = 'mnist', *, num_steps: int = DEFAULT_NU
   if num_steps < 1:
     raise JaxgenError(f'num_steps must be at least 1, got {num_steps}.')
   mesh = mesh or mesh_lib.make_mesh()
-  _check_batch_size(batch_size, mesh)
+  mesh_lib.check_batch_size(batch_size, mesh)
   data_config = _data_config(dataset)
   data_lib.prepare_for(data_config)  # JaxgenError now, before any work, if the data cannot be had
 
   model = DomainCNN(num_classes=spec.num_classes)
   optimizer = _optimizer(learning_rate, num_steps)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(seed))
-  replicated, sharded = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+  replicated = mesh_lib.replicated(mesh)
 
   def init_fn() -> TrainState:
     params = model.init(rng_init, jnp.zeros((1, *spec.image_shape), jnp.float32))
@@ -207,8 +200,7 @@ def fit_domain_classifier(dataset: str = 'mnist', *, num_steps: int = DEFAULT_NU
   state = jax.jit(init_fn, out_shardings=replicated)()
   # ema_decay=0: the EMA copy just tracks the params; the cosine decay already
   # settles the weights, and evaluating the final params keeps one set to save.
-  step_fn = jax.jit(make_train_step(_loss_fn(model), optimizer, ema_decay=0.0),
-                    in_shardings=(replicated, sharded), out_shardings=replicated, donate_argnums=0)
+  step_fn = mesh_lib.jit_train_step(make_train_step(_loss_fn(model), optimizer, ema_decay=0.0), mesh)
   batches = data_lib.train_batches(data_config, global_batch_size=batch_size, seed=seed)
 
   is_main = jax.process_index() == 0

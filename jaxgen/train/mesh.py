@@ -34,11 +34,17 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  """Raises JaxgenError unless the batch divides evenly over devices and processes."""
+  """Raises JaxgenError unless the batch is positive and divides over devices and processes."""
   n = mesh.devices.size
-  if global_batch_size % n or global_batch_size % jax.process_count():
-    raise JaxgenError(f'batch size {global_batch_size} must be a multiple of the device count {n}; '
-                      f'set --config.train.batch_size accordingly.')
+  if global_batch_size <= 0 or global_batch_size % n or global_batch_size % jax.process_count():
+    raise JaxgenError(f'batch size {global_batch_size} must be a positive multiple of the device '
+                      f'count {n}; choose another batch size.')
+
+
+def jit_train_step(step_fn, mesh: Mesh):
+  """jit of `step_fn(state, batch) -> (state, metrics)`: state replicated and donated, batch over 'data'."""
+  return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                 out_shardings=replicated(mesh), donate_argnums=0)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -106,9 +106,7 @@ def compile_train_step(s: Setup, wrap=lambda f: f):
   `wrap` decorates the pure step before jit (tests pass a trace counter).
   """
   step = make_train_step(s.model.loss, s.optimizer, s.train.ema_decay)
-  return jax.jit(wrap(step),
-                 in_shardings=(mesh_lib.replicated(s.mesh), mesh_lib.batch_sharding(s.mesh)),
-                 out_shardings=mesh_lib.replicated(s.mesh), donate_argnums=0)
+  return mesh_lib.jit_train_step(wrap(step), s.mesh)
 
 
 @contextlib.contextmanager
@@ -167,11 +165,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(workdir, enabled=is_main)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   last_saved = start
+  last_flush = time.perf_counter()
   bar = tqdm.tqdm(total=tc.num_steps, initial=start, unit='step', disable=not is_main,
                   dynamic_ncols=True, desc='train')
 
   def flush(step: int) -> None:
     """Fetches pending metrics, stops on NaN/inf, logs their mean over the interval."""
+    nonlocal last_flush
     if not pending:
       return
     fetched = jax.device_get(pending)
@@ -182,12 +182,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         raise JaxgenError(f'{bad[0]} became {metrics[bad[0]]} at step {at}; training stopped and '
                           f'the last checkpoint (step {last_saved}) in {workdir} is kept.')
     mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
-    mean['steps_per_sec'] = len(fetched) / max(time.perf_counter() - flush.t0, 1e-9)
-    flush.t0 = time.perf_counter()
+    now = time.perf_counter()
+    mean['steps_per_sec'] = len(fetched) / max(now - last_flush, 1e-9)
+    last_flush = now
     writer.scalars(step, mean)
     bar.set_postfix(loss=f"{mean.get('loss', float('nan')):.4f}", refresh=False)
-
-  flush.t0 = time.perf_counter()
 
   def save(step: int) -> None:
     nonlocal last_saved
