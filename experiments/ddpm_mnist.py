@@ -29,7 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       checkpoint_every=500, keep_checkpoints=3, sample_every=1000, num_grid=64,
                       # Evaluation during training (eval_every=0: off); see `jaxgen eval --help`.
                       eval_every=0, eval_num=1000, eval_metrics='fid', eval_features='mnist',
-                      keep_best='')
+                      keep_best='',
+                      # Devices sharing each parameter (FSDP axis; 1: data parallel), and what a
+                      # NaN/inf loss or gradient does: 'stop' the run or 'skip' the step.
+                      fsdp=1, nonfinite='stop')
 
   if arg == 'smoke':
     config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(14,))

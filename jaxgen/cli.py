@@ -170,8 +170,9 @@ def _info(args, overrides) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgen import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxgen.train import trainer  # pylint: disable=g-import-not-at-top
+  from jaxgen.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(args.config, overrides)
-  s = trainer.setup(config)
+  s = trainer.setup(config, mesh_lib.make_mesh())  # any train.fsdp: nothing is placed
   count = sum(x.size for x in jax.tree.leaves(s.abstract_state.params))
   print(f'family: {config.family}')
   print(f'image shape: {s.model.image_shape}')

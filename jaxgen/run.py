@@ -74,16 +74,14 @@ class Run:
 
 
 def load_run(workdir: str, step: int | None = None) -> Run:
-  """Loads the run in `workdir` at its latest checkpoint (or at `step`)."""
-  latest = checkpoint.latest_step(workdir)
-  if latest is None:
+  """Loads the run in `workdir` at its newest readable checkpoint (or at `step`).
+
+  The parameters are replicated over all local devices, whatever mesh wrote them.
+  """
+  restored = checkpoint.restore_latest(
+      workdir, lambda config: trainer.setup(config, mesh_lib.make_mesh()).abstract_state, step)
+  if restored is None:
     raise JaxgenError(f'no checkpoint in {checkpoint.checkpoint_dir(workdir)}; '
                       f'train first with `jaxgen train --config ... --workdir {workdir}`.')
-  with checkpoint.open_manager(workdir, read_only=True) as mngr:
-    step = latest if step is None else step
-    if step not in mngr.all_steps():
-      raise JaxgenError(f'no checkpoint at step {step} in {workdir}; it has {sorted(mngr.all_steps())}.')
-    config = checkpoint.restore_config(mngr, step)
-    s = trainer.setup(config)
-    state = checkpoint.restore_state(mngr, step, s.abstract_state)
-  return Run(workdir, config, s.model, step, state.ema_params, s.mesh)
+  s = trainer.setup(restored.config, mesh_lib.make_mesh())
+  return Run(workdir, restored.config, s.model, restored.step, restored.state.ema_params, s.mesh)

@@ -1,13 +1,18 @@
 """Test setup: 8 simulated CPU devices for every test, and the shared MNIST files.
 
-XLA_FLAGS must be set before jax is imported anywhere, hence here.
+XLA_FLAGS must be set before jax is imported anywhere, hence here. A
+persistent compilation cache, fresh for each test session and inherited by
+the tests' subprocesses, compiles the smoke models once instead of once per
+test and process.
 """
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jaxgen-test-jit-'))
 
 import pytest  # noqa: E402
 

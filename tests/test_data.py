@@ -152,12 +152,23 @@ def test_same_seed_same_stream_other_seed_other_stream(mnist_dir):
   assert not np.array_equal(a[0]['image'], c[0]['image'])
 
 
-def test_resume_from_step(mnist_dir):
-  fresh = _take(_train(mnist_dir, seed=3, flip=True), 6)
-  resumed = _take(_train(mnist_dir, seed=3, flip=True, start_step=4), 2)
+def test_resume_from_stream_position(mnist_dir):
+  fresh = _take(_train(mnist_dir, seed=3, flip=True, global_batch_size=16), 6)
+  resumed = _take(_train(mnist_dir, seed=3, flip=True, global_batch_size=16, start_example=4 * 16), 2)
   for x, y in zip(fresh[4:], resumed):
     np.testing.assert_array_equal(x['image'], y['image'])
     np.testing.assert_array_equal(x['label'], y['label'])
+
+
+def test_resume_with_another_batch_size_continues_the_stream(mnist_dir):
+  # 3 batches of 16 = 48 examples, then batches of 24 from position 48: together
+  # exactly the first 96 examples of the stream, flips included.
+  stream = _take(_train(mnist_dir, seed=3, flip=True, global_batch_size=32), 3)
+  head = _take(_train(mnist_dir, seed=3, flip=True, global_batch_size=16), 3)
+  tail = _take(_train(mnist_dir, seed=3, flip=True, global_batch_size=24, start_example=48), 2)
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(np.concatenate([b[key] for b in head + tail]),
+                                  np.concatenate([b[key] for b in stream]))
 
 
 def test_processes_split_the_global_batch(mnist_dir):
@@ -173,7 +184,7 @@ def test_processes_split_the_global_batch(mnist_dir):
       np.testing.assert_array_equal(np.concatenate([p0[key], p1[key]]), whole[step][key])
   # A resumed process 1 sees what it would have seen.
   resumed = next(_train(mnist_dir, global_batch_size=8, flip=True, process_count=2,
-                        process_index=1, start_step=2))
+                        process_index=1, start_example=2 * 8))
   np.testing.assert_array_equal(resumed['image'], parts[1][2]['image'])
 
 

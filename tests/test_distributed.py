@@ -51,9 +51,9 @@ def test_two_processes_match_one_process_and_restore_in_one(mnist_env, tmp_path)
 
   # The two-process checkpoint restores in this single process (8 devices).
   s = trainer.setup(config_lib.load_config(SMOKE, OVERRIDES))
-  with checkpoint.open_manager(str(workdir2), read_only=True) as mngr:
-    assert mngr.latest_step() == 6
-    two = checkpoint.restore_state(mngr, 6, s.abstract_state)
+  restored = checkpoint.restore_latest(str(workdir2), lambda _: s.abstract_state)
+  assert restored.step == 6 and restored.examples_seen == 6 * 8 and not restored.damaged
+  two = restored.state
   # Same global batches: the logged losses agree to float noise.
   loss = lambda d: [json.loads(l)['loss'] for l in (d / 'metrics.jsonl').read_text().splitlines()]
   np.testing.assert_allclose(loss(workdir2), loss(tmp_path / 'one'), rtol=1e-5)

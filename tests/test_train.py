@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -140,3 +141,106 @@ def test_info_prints_the_paper_parameter_count(capsys):
   out = capsys.readouterr().out
   assert 'parameters: 35,746,307 (35.75M)' in out
   assert 'GFLOP per image' in out
+
+
+def truncate_largest_file(step_dir) -> str:
+  files = [os.path.join(root, f) for root, _, names in os.walk(step_dir) for f in names]
+  path = max(files, key=os.path.getsize)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+  return path
+
+
+def test_damaged_checkpoint_is_skipped_for_the_previous_one_and_kept(mnist_env, trained, tmp_path,
+                                                                     capfd):
+  import shutil
+  import jaxgen
+  source, uninterrupted = trained
+  workdir = str(tmp_path / 'damaged')
+  shutil.copytree(source, workdir)
+  truncate_largest_file(os.path.join(workdir, 'checkpoints', '20', 'state'))
+  capfd.readouterr()
+
+  # Sampling reads the newest good checkpoint and moves nothing.
+  assert jaxgen.load_run(workdir).step == 10
+  err = capfd.readouterr().err
+  assert 'jaxgen: warning: checkpoint 20 in' in err and 'skipping it for an earlier one' in err
+  assert 'Event loop is closed' not in err
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '20'))
+
+  # Training resumes from step 10, keeps the damaged files aside, and ends where an
+  # uninterrupted run ends.
+  resumed = trainer.train_and_evaluate(smoke_config(), workdir)
+  captured = capfd.readouterr()
+  assert 'Resuming from step 10' in captured.out
+  assert 'moved the damaged checkpoint 20' in captured.err
+  assert os.listdir(os.path.join(workdir, 'damaged_checkpoints', '20', 'state'))
+  assert checkpoint.latest_step(workdir) == 20
+  for field in ('params', 'ema_params', 'opt_state'):
+    assert leaves_equal(getattr(resumed, field), getattr(uninterrupted, field)), field
+
+
+def test_all_checkpoints_damaged_is_one_sentence(mnist_env, trained, tmp_path):
+  import shutil
+  source, _ = trained
+  workdir = str(tmp_path / 'ruined')
+  shutil.copytree(source, workdir)
+  for step in ('10', '20'):
+    truncate_largest_file(os.path.join(workdir, 'checkpoints', step, 'state'))
+  with pytest.raises(JaxgenError, match=r'no checkpoint in .* can be read \(steps 20, 10 are damaged\)'):
+    trainer.train_and_evaluate(smoke_config(), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20']  # nothing moved
+
+
+def nan_at_step(monkeypatch, bad_step: int) -> None:
+  """Makes the training batch of `bad_step` contain a NaN image."""
+  original = trainer.data_lib.train_batches
+
+  def batches(*args, **kwargs):
+    for step, batch in enumerate(original(*args, **kwargs)):
+      if step == bad_step:
+        batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+      yield batch
+
+  monkeypatch.setattr(trainer.data_lib, 'train_batches', batches)
+
+
+def test_injected_nan_stops_naming_the_step(mnist_env, tmp_path, monkeypatch):
+  nan_at_step(monkeypatch, 7)
+  workdir = str(tmp_path / 'nan_stop')
+  config = smoke_config('train.checkpoint_every=4', 'train.sample_every=0')
+  with pytest.raises(JaxgenError, match=r'loss became nan at step 7; training stopped and the last '
+                                        r'checkpoint \(step 4\)'):
+    trainer.train_and_evaluate(config, workdir)
+  assert checkpoint.latest_step(workdir) == 4
+
+
+def test_injected_nan_is_skipped_and_counted(mnist_env, trained, tmp_path, monkeypatch, capsys):
+  nan_at_step(monkeypatch, 7)
+  workdir = str(tmp_path / 'nan_skip')
+  state = trainer.train_and_evaluate(smoke_config('train.nonfinite=skip', 'train.sample_every=0'),
+                                     workdir)
+  assert int(state.step) == 20 and int(state.skipped) == 1
+  assert 'loss was not finite at step 7; the step was skipped (1 so far)' in capsys.readouterr().err
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['skipped_steps'] for l in lines] == [0, 1, 1, 1]
+  assert all(np.isfinite(l['loss']) for l in lines)  # the mean leaves the skipped step out
+  _, clean = trained
+  assert not leaves_equal(state.params, clean.params)
+
+
+def test_skipped_step_changes_nothing_but_the_step():
+  import optax
+  from jaxgen.train.state import create_train_state, make_train_step
+  loss_fn = lambda p, b, r: (jnp.sum((p['w'] - b['x']) ** 2), {'loss': jnp.sum((p['w'] - b['x']) ** 2)})
+  optimizer = optax.adam(0.1)
+  step = jax.jit(make_train_step(loss_fn, optimizer, ema_decay=0.5, skip_nonfinite=True))
+  state = create_train_state({'w': jnp.ones(3)}, optimizer, jax.random.PRNGKey(0))
+  bad, metrics = step(state, {'x': jnp.array([0.0, jnp.nan, 0.0])})
+  assert int(bad.step) == 1 and int(bad.skipped) == 1 and int(metrics['skipped']) == 1
+  for field in ('params', 'ema_params', 'opt_state', 'rng'):
+    assert leaves_equal(getattr(bad, field), getattr(state, field)), field
+  good, metrics = step(bad, {'x': jnp.zeros(3)})
+  assert int(good.step) == 2 and int(good.skipped) == 1 and int(metrics['skipped']) == 0
+  np.testing.assert_allclose(good.params['w'], 0.9 * np.ones(3), rtol=1e-5)  # Adam's first step: lr

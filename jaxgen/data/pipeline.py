@@ -1,11 +1,13 @@
 """Grain input pipelines over the prepared datasets: train batches resumable by step; eval batches.
 
-The training stream is a pure function of (seed, step): global batch k holds
-elements [k*B, (k+1)*B) of the seeded, per-epoch reshuffled, endlessly repeated
-dataset, and process p of P gets the contiguous slice [p*b, (p+1)*b) of it
-(b = B // P). The random flip of an element depends only on (seed, its position
-in that stream). So a checkpoint needs to store only the step, and the global
-batch does not depend on how many processes share it.
+The training stream is one sequence per seed: the seeded, per-epoch
+reshuffled, endlessly repeated dataset. Its position is the number of examples
+consumed, E. Starting at E, global batch k holds stream elements
+[E + k*B, E + (k+1)*B), and process p of P gets the contiguous slice
+[p*b, (p+1)*b) of it (b = B // P). The random flip of an element depends only
+on (seed, its position in the stream). So a checkpoint stores E, a resumed run
+continues the stream exactly (even with another batch size or process count),
+and the global batch does not depend on how many processes share it.
 """
 
 import dataclasses
@@ -129,33 +131,35 @@ def _read(source: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
           'label': np.asarray([e['label'] for e in elements], np.int64)}
 
 
-def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, start_step: int = 0,
-                  process_index: int | None = None, process_count: int | None = None,
-                  data_dir: str | None = None, manual_dir: str | None = None,
-                  num_threads: int = 4, prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-process training batches, starting at step `start_step`.
+def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
+                  start_example: int = 0, process_index: int | None = None,
+                  process_count: int | None = None, data_dir: str | None = None,
+                  manual_dir: str | None = None, num_threads: int = 4,
+                  prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
+  """Endless per-process training batches, from stream position `start_example`.
 
   Prepares the dataset first if needed (JaxgenError if it cannot be had).
   Yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} with
   b = global_batch_size // process_count: this process's contiguous slice of
-  global batch `step`, which is a pure function of (seed, step). With
-  data_config.random_flip, each element is mirrored along W with probability
-  1/2, decided by (seed, its position in the stream). `num_threads` batches
-  are read ahead in background threads.
+  each global batch, a pure function of (seed, start_example, batch index).
+  With data_config.random_flip, each element is mirrored along W with
+  probability 1/2, decided by (seed, its position in the stream). `num_threads`
+  batches are read ahead in background threads.
   """
   p, num_processes = _process(process_index, process_count)
   b = _local_batch_size(global_batch_size, num_processes)
-  if start_step < 0:
-    raise JaxgenError(f'start_step must be >= 0, got {start_step}.')
+  if start_example < 0:
+    raise JaxgenError(f'start_example must be >= 0, got {start_example}.')
   source = prepare_for(data_config, data_dir=data_dir, manual_dir=manual_dir).as_data_source('train')
   random_flip = bool(getattr(data_config, 'random_flip', False))
 
   def load(j: int, indices: np.ndarray) -> dict[str, np.ndarray]:
-    # `j` counts local batches over all processes, so batch j holds stream positions [j*b, (j+1)*b).
+    # `j` counts local batches over all processes: batch j holds stream positions
+    # start_example + [j*b, (j+1)*b).
     batch = _read(source, indices)
     image = batch['image']  # [b, H, W, C] uint8
     if random_flip:
-      flip = flip_mask(seed, np.arange(j * b, (j + 1) * b))
+      flip = flip_mask(seed, start_example + np.arange(j * b, (j + 1) * b))
       image = np.where(flip[:, None, None, None], image[:, :, ::-1], image)
     return {'image': _scale(image), 'label': batch['label'].astype(np.int32)}
 
@@ -163,10 +167,11 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
   ds = (grain.MapDataset.range(len(source))
         .shuffle(seed=seed % 2**32)  # grain takes only 32-bit seeds
         .repeat(None)  # reshuffled each epoch; batches run across epoch boundaries
+        [start_example:]
         .batch(b, drop_remainder=True)  # int64 [b] record indices
         .map_with_index(load))
   # Global batch k is local batches k*P .. k*P+P-1; ours is k*P+p.
-  ds = ds[p::num_processes][start_step:]
+  ds = ds[p::num_processes]
   return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch)))
 
 

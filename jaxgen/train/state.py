@@ -27,12 +27,15 @@ class TrainState:
   params / ema_params: model parameters and their exponential moving average.
   opt_state: optax state.
   rng: the run's base PRNG key; step keys are `fold_in(rng, step)`.
+  skipped: int32 scalar, the steps whose loss or gradients were not finite and
+    that were skipped (only with `skip_nonfinite`; they still count in `step`).
   """
   step: jax.Array
   params: PyTree
   ema_params: PyTree
   opt_state: PyTree
   rng: jax.Array
+  skipped: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,27 +63,47 @@ def create_train_state(params: PyTree, optimizer: optax.GradientTransformation,
   """A fresh state at step 0 with EMA parameters equal to the parameters."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params),
-                    opt_state=optimizer.init(params), rng=rng)
+                    opt_state=optimizer.init(params), rng=rng, skipped=jnp.zeros((), jnp.int32))
+
+
+def skip_if_nonfinite(old: TrainState, new: TrainState, finite: jax.Array) -> TrainState:
+  """`new` when `finite` (bool scalar); otherwise `old` with the step advanced and counted as skipped.
+
+  Shared by every family's step, so that a skipped step is the same thing everywhere.
+  """
+  kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return kept.replace(step=old.step + 1, skipped=old.skipped + (~finite).astype(jnp.int32))
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    ema_decay: float) -> Callable[[TrainState, dict[str, jax.Array]],
-                                                  tuple[TrainState, dict[str, jax.Array]]]:
+                    ema_decay: float, skip_nonfinite: bool = False
+                    ) -> Callable[[TrainState, dict[str, jax.Array]],
+                                  tuple[TrainState, dict[str, jax.Array]]]:
   """Builds `train_step(state, batch) -> (state, metrics)`, pure and jit-able.
 
   The step's randomness is `fold_in(state.rng, state.step)`, so a run resumed
   from a checkpoint draws exactly the keys an uninterrupted run would.
-  Metrics are scalars: the loss function's, plus `grad_norm`.
+  Metrics are scalars: the loss function's, plus `grad_norm`. With
+  `skip_nonfinite`, a step whose loss or gradient norm is NaN or inf leaves
+  params, EMA and optimizer state unchanged and increments `state.skipped`;
+  its metrics still report the non-finite values, and `skipped` (0 or 1)
+  tells the trainer which steps were skipped.
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-    return state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                         opt_state=opt_state), metrics
+    grad_norm = optax.tree.norm(grads)
+    metrics = dict(metrics, grad_norm=grad_norm)
+    new = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                        opt_state=opt_state)
+    if skip_nonfinite:
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      new = skip_if_nonfinite(state, new, finite)
+      metrics['skipped'] = (~finite).astype(jnp.int32)
+    return new, metrics
 
   return train_step

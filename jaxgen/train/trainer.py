@@ -1,11 +1,12 @@
 """The training loop shared by every family: `train_and_evaluate(config, workdir)`.
 
-One jit-compiled step over a device mesh (state donated, batch sharded along
-'data'), metrics fetched to the host only every `log_every` steps, sample grids
-from the EMA parameters, asynchronous Orbax checkpoints, a save on SIGTERM or
-SIGINT, and resumption from the latest checkpoint when the same command runs
-again. The input position is a pure function of the step, so a resumed run
-sees exactly the batches an uninterrupted run would.
+One jit-compiled step over a device mesh (state donated and, with
+`train.fsdp > 1`, sharded; batch split over all devices), metrics fetched to
+the host only every `log_every` steps, sample grids from the EMA parameters,
+asynchronous Orbax checkpoints, a save on SIGTERM (and SIGINT in one process),
+and resumption from the newest readable checkpoint when the same command runs
+again. The checkpoint holds the input position (examples consumed), so a
+resumed run sees exactly the examples an uninterrupted run would.
 """
 
 import contextlib
@@ -13,8 +14,9 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +54,8 @@ class TrainConfig:
   eval_metrics: str = 'fid'  # comma-separated: fid,kid,is,pr
   eval_features: str = ''  # 'inception' | 'mnist'; '' picks by dataset
   keep_best: str = ''  # metric whose best checkpoint is kept in WORKDIR/best ('fid', 'is', ...)
+  fsdp: int = 1  # devices that share each parameter (the mesh's 'fsdp' axis); 1: data parallel
+  nonfinite: str = 'stop'  # NaN/inf loss or gradients: 'stop' the run, or 'skip' the step and count it
 
 
 def example_batch(image_shape: tuple[int, ...], batch_size: int = 1) -> dict[str, jax.Array]:
@@ -67,15 +71,17 @@ class Setup:
   train: TrainConfig
   model: families.Model
   mesh: jax.sharding.Mesh
-  init_state: Any  # jitted () -> TrainState, born replicated on the mesh
+  init_state: Any  # jitted () -> TrainState, born with its shardings on the mesh
   abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings
+  state_sharding: Any  # TrainState of NamedShardings (mesh_lib.state_shardings)
   optimizer: Any
 
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Setup:
   """Validates `config` and builds the model, mesh and state constructors (no writes).
 
-  `mesh` defaults to a 'data' mesh over every device.
+  `mesh` defaults to a ('data', 'fsdp') mesh over every device with
+  `train.fsdp` devices on the 'fsdp' axis; a given mesh decides the sharding.
   """
   unknown = sorted(set(config.keys()) - set(TOP_LEVEL_KEYS) - set(families.config_sections(config)))
   if unknown:
@@ -85,7 +91,9 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   model = families.build(config, spec.image_shape)
   train_cfg = config_lib.section(config, 'train', TrainConfig)
   optimizer = make_optimizer(config_lib.section(config, 'optim', OptimConfig))
-  mesh = mesh or mesh_lib.make_mesh()
+  if train_cfg.nonfinite not in ('stop', 'skip'):
+    raise JaxgenError(f'train.nonfinite={train_cfg.nonfinite!r} must be stop or skip.')
+  mesh = mesh or mesh_lib.make_mesh(fsdp=train_cfg.fsdp)
   mesh_lib.check_batch_size(train_cfg.batch_size, mesh)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
 
@@ -93,25 +101,36 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     params = model.init(rng_init, example_batch(spec.image_shape))
     return create_train_state(params, optimizer, rng_train)
 
-  replicated = mesh_lib.replicated(mesh)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          jax.eval_shape(init_fn))
-  return Setup(config, train_cfg, model, mesh, jax.jit(init_fn, out_shardings=replicated),
-               abstract, optimizer)
+  shapes = jax.eval_shape(init_fn)
+  shardings = mesh_lib.state_shardings(shapes, mesh)
+  abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          shapes, shardings)
+  return Setup(config, train_cfg, model, mesh, jax.jit(init_fn, out_shardings=shardings),
+               abstract, shardings, optimizer)
 
 
 def compile_train_step(s: Setup, wrap=lambda f: f):
-  """The jitted `train_step(state, batch)`: state replicated and donated, batch split over 'data'.
+  """The jitted `train_step(state, batch)`: state donated (sharded as `s.state_sharding`), batch split.
 
   `wrap` decorates the pure step before jit (tests pass a trace counter).
   """
-  step = make_train_step(s.model.loss, s.optimizer, s.train.ema_decay)
-  return mesh_lib.jit_train_step(wrap(step), s.mesh)
+  step = make_train_step(s.model.loss, s.optimizer, s.train.ema_decay,
+                         skip_nonfinite=s.train.nonfinite == 'skip')
+  return mesh_lib.jit_train_step(wrap(step), s.mesh, s.state_sharding)
 
 
 @contextlib.contextmanager
-def _stop_requests() -> Iterator[list[int]]:
-  """Collects SIGTERM/SIGINT while training, so the loop can save and exit cleanly."""
+def _stop_requests() -> Iterator[Callable[[int], bool]]:
+  """Yields `should_stop(step)`: True once SIGTERM (or, in one process, SIGINT) has arrived.
+
+  In one process a handler records the signal. With several processes, JAX's
+  preemption service catches SIGTERM on any of them and every process reaches
+  the same step at which to stop (`reached_preemption_sync_point`), so that
+  they save the same checkpoint together.
+  """
+  if jax.process_count() > 1:
+    yield multihost_utils.reached_preemption_sync_point
+    return
   received: list[int] = []
   previous = {}
   for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,21 +139,31 @@ def _stop_requests() -> Iterator[list[int]]:
     except ValueError:  # not the main thread: no handlers, nothing to restore
       pass
   try:
-    yield received
+    yield lambda step: bool(received)
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
 
 
+def _restore(s: Setup, workdir: str) -> checkpoint.Restored | None:
+  """The newest readable checkpoint of `workdir`, checked to be of this model, on this mesh."""
+
+  def abstract_state(saved: ml_collections.ConfigDict):
+    checkpoint.check_same_model(saved, s.config, workdir)
+    return s.abstract_state
+
+  return checkpoint.restore_latest(workdir, abstract_state)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        mesh: jax.sharding.Mesh | None = None) -> TrainState:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state."""
+  """Trains `config` in `workdir`, resuming from its newest readable checkpoint; returns the final state.
+
+  Checks everything (config, checkpoints, data) before the first write.
+  """
   s = setup(config, mesh)
   is_main = jax.process_index() == 0
-  start = checkpoint.latest_step(workdir)
-  if start is not None:
-    with checkpoint.open_manager(workdir, read_only=True) as mngr:
-      checkpoint.check_same_model(checkpoint.restore_config(mngr, start), config, workdir)
+  restored = _restore(s, workdir)
   data_lib.prepare_for(config.data)  # raises, before any write, if the data cannot be had
   evaluator = Evaluator.create(s, workdir) if s.train.eval_every else None
   if jax.process_count() > 1:
@@ -145,23 +174,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   os.makedirs(workdir, exist_ok=True)
   if is_main:
+    if restored and restored.damaged:
+      checkpoint.set_aside(workdir, restored.damaged)
     images_lib.atomic_write(os.path.join(workdir, 'config.json'),
                             lambda tmp: open(tmp, 'w').write(config_lib.to_json(config)))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('jaxgen:set-aside')  # before any manager lists the steps
   mngr = checkpoint.open_manager(workdir, max_to_keep=s.train.keep_checkpoints)
-  if start is None:
-    state = s.init_state()
-  else:
-    state = checkpoint.restore_state(mngr, start, s.abstract_state)
-    print(f'Resuming from step {start} in {workdir}.', flush=True)
-  start = int(jax.device_get(state.step))
-
   mesh, tc = s.mesh, s.train
+  if restored is None:
+    state, examples_seen = s.init_state(), 0
+  else:
+    state, examples_seen = restored.state, restored.examples_seen
+    print(f'Resuming from step {restored.step} in {workdir}.', flush=True)
+  start = int(jax.device_get(state.step))
+  skipped = int(jax.device_get(state.skipped))
+
   step_fn = compile_train_step(s)
   # Replicated output, so every process can fetch the grid (process 0 writes it).
   grid_fn = jax.jit(lambda params, rng: s.model.sample(params, rng, tc.num_grid),
                     out_shardings=mesh_lib.replicated(mesh))
   batches = data_lib.train_batches(config.data, global_batch_size=tc.batch_size,
-                                   seed=config.seed, start_step=start)
+                                   seed=config.seed, start_example=examples_seen)
   writer = MetricWriter(workdir, enabled=is_main)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   last_saved = start
@@ -170,20 +204,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   dynamic_ncols=True, desc='train')
 
   def flush(step: int) -> None:
-    """Fetches pending metrics, stops on NaN/inf, logs their mean over the interval."""
-    nonlocal last_flush
+    """Fetches pending metrics, stops on NaN/inf (or counts skipped steps), logs the interval's mean."""
+    nonlocal last_flush, skipped
     if not pending:
       return
     fetched = jax.device_get(pending)
     pending.clear()
+    good = []
     for at, metrics in fetched:
-      bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-      if bad:
+      was_skipped = metrics.pop('skipped', 0) > 0  # reported by steps built with skip_nonfinite
+      bad = sorted((k for k, v in metrics.items() if not np.isfinite(v)), key=lambda k: k != 'loss')
+      if was_skipped:
+        skipped += 1
+        if is_main:
+          bar.write(f'jaxgen: warning: {bad[0] if bad else "a value"} was not finite at step {at}; '
+                    f'the step was skipped ({skipped} so far).', file=sys.stderr)
+      elif bad:
         raise JaxgenError(f'{bad[0]} became {metrics[bad[0]]} at step {at}; training stopped and '
                           f'the last checkpoint (step {last_saved}) in {workdir} is kept.')
-    mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+      else:
+        good.append(metrics)
+    mean = {k: float(np.mean([m[k] for m in good])) for k in fetched[-1][1]} if good else {}
     now = time.perf_counter()
     mean['steps_per_sec'] = len(fetched) / max(now - last_flush, 1e-9)
+    if tc.nonfinite == 'skip':
+      mean['skipped_steps'] = skipped
     last_flush = now
     writer.scalars(step, mean)
     bar.set_postfix(loss=f"{mean.get('loss', float('nan')):.4f}", refresh=False)
@@ -191,17 +236,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def save(step: int) -> None:
     nonlocal last_saved
     flush(step)
-    checkpoint.save(mngr, state, config)
+    checkpoint.save(mngr, state, config, examples_seen)
     last_saved = step
 
   try:
-    with _stop_requests() as stop:
+    with _stop_requests() as should_stop:
       for step in range(start, tc.num_steps):
-        if stop:
-          print(f'Received signal {stop[0]}: saving step {step} and exiting.', flush=True)
+        if should_stop(step):
+          print(f'Received a stop request: saving step {step} and exiting.', flush=True)
           break
         batch = mesh_lib.global_batch(next(batches), mesh)
         state, metrics = step_fn(state, batch)
+        examples_seen += tc.batch_size
         pending.append((step, metrics))
         done = step + 1
         bar.update(1)
@@ -213,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           write_grid(workdir, done, grid_fn, state, writer)
         if evaluator and done % tc.eval_every == 0:
           flush(done)
-          evaluator(state, done, writer, config)
+          evaluator(state, done, writer, config, examples_seen)
       done = int(jax.device_get(state.step))
       if done != last_saved:
         save(done)
@@ -290,7 +336,7 @@ class Evaluator:
                best_mngr)
 
   def __call__(self, state: TrainState, step: int, writer: MetricWriter,
-               config: ml_collections.ConfigDict) -> dict[str, float]:
+               config: ml_collections.ConfigDict, examples_seen: int) -> dict[str, float]:
     from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
     num = self.setup.train.eval_num
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0xE7A1)
@@ -308,7 +354,7 @@ class Evaluator:
       higher = self.best_key.split(' ')[0].lower() in HIGHER_IS_BETTER
       if self.best_value is None or (value > self.best_value if higher else value < self.best_value):
         self.best_value = value
-        checkpoint.save(self.best_mngr, state, config)
+        checkpoint.save(self.best_mngr, state, config, examples_seen)
         self.best_mngr.wait_until_finished()
         if writer.enabled:
           path = os.path.join(checkpoint.checkpoint_dir(self.workdir, 'best'), 'best.json')
