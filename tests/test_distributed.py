@@ -64,3 +64,32 @@ def test_two_processes_match_one_process_and_restore_in_one(mnist_env, tmp_path)
   for tree_two, tree_one in ((two.params, one.params), (two.ema_params, one.ema_params)):
     for a, b in zip(jax.tree.leaves(tree_two), jax.tree.leaves(tree_one)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(mnist_env, tmp_path):
+  import signal
+  import time
+  from jaxgen import data as data_lib
+  data_lib.prepare_for(config_lib.load_config(SMOKE).data)
+  workdir = tmp_path / 'preempted'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  address = f'127.0.0.1:{free_port()}'
+  overrides = ['train.num_steps=100000', 'train.sample_every=0', 'train.checkpoint_every=100000',
+               'train.log_every=1']
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'jaxgen.cli', 'train', '--config', SMOKE, '--workdir', str(workdir),
+       '--coordinator-address', address, '--num-processes', '2', '--process-id', str(i)]
+      + [f'--config.{o}' for o in overrides],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().count('\n') >= 3):
+    assert all(p.poll() is None for p in procs), procs[0].stdout.read()[-3000:]
+    assert time.time() < deadline, 'training did not start'
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)  # the preemption notice reaches one host only
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  stops = [int(out.split('Received a stop request: saving step ')[1].split()[0]) for out in outs]
+  assert stops[0] == stops[1] >= 3  # both processes stopped at the same step ...
+  assert checkpoint.latest_step(str(workdir)) == stops[0]  # ... and saved it together
