@@ -54,7 +54,9 @@ def test_two_processes_match_one_process_and_restore_in_one(mnist_env, tmp_path)
   restored = checkpoint.restore_latest(str(workdir2), lambda _: s.abstract_state)
   assert restored.step == 6 and restored.examples_seen == 6 * 8 and not restored.damaged
   two = restored.state
-  # Same global batches: the logged losses agree to float noise.
+  # Same global batches: the logged losses agree to float noise. (Had the two
+  # processes read the same half instead of disjoint halves, the global batch and
+  # its loss would differ; the split itself is checked in test_data.py.)
   loss = lambda d: [json.loads(l)['loss'] for l in (d / 'metrics.jsonl').read_text().splitlines()]
   np.testing.assert_allclose(loss(workdir2), loss(tmp_path / 'one'), rtol=1e-5)
   # Parameters: the all-reduce runs in another order, and Adam turns that noise

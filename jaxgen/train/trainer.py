@@ -311,6 +311,11 @@ class Evaluator:
     """Checks the options and loads the feature network and reference (no writes to the run)."""
     from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
     tc = s.train
+    if jax.process_count() > 1:
+      # Sampling and feature extraction fetch whole arrays to the host, which one
+      # process cannot do for arrays spread over several.
+      raise JaxgenError('evaluation during training runs in one process only; set '
+                        'train.eval_every=0 and run `jaxgen eval --workdir` on the checkpoints.')
     metrics = evaluate.parse_metrics(tc.eval_metrics)
     keep = tc.keep_best.lower()
     names = {'fid': 'fid', 'kid': 'kid', 'is': 'is', 'precision': 'pr', 'recall': 'pr'}
