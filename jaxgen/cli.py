@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="diffusion sampler (default: the config's)")
   sample.add_argument('--steps', type=int, default=None, help='DDIM steps (default: the config\'s)')
   sample.add_argument('--eta', type=float, default=None, help='DDIM noise scale (0: deterministic)')
+  sample.add_argument('--show', default='samples',
+                      choices=('samples', 'reconstructions', 'interpolations', 'manifold'),
+                      help='samples from the prior (any family, default); vae family, as a .png: '
+                           'reconstructions of --num test images, interpolations between --num pairs '
+                           '(linear and spherical), or the manifold of a 2-d latent (--num grid cells)')
   sample.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
   sample.add_argument('--batch', type=int, default=256, help='images per compiled call (default 256)')
   sample.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
@@ -84,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
   ev.add_argument('--real', metavar='DATASET[:SPLIT]|FILE.npz',
                   help='reference images (default with --workdir: the run dataset, split train)')
   ev.add_argument('--metrics', default='fid',
-                  help='comma-separated: fid,kid,is,pr and, with --workdir, bpd (default fid)')
+                  help='comma-separated: fid,kid,is,pr and, with --workdir, bpd (likelihood) and '
+                       'recon (autoencoder reconstruction MSE and PSNR) (default fid)')
   ev.add_argument('--features', choices=('inception', 'mnist'), default=None,
                   help='feature network (default: mnist for MNIST, inception otherwise)')
   ev.add_argument('--num', type=int, default=None,
@@ -94,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
   ev.add_argument('--sampler', choices=('ddpm', 'ddim'), default=None, help='diffusion sampler')
   ev.add_argument('--steps', type=int, default=None, help='DDIM steps')
   ev.add_argument('--eta', type=float, default=None, help='DDIM noise scale')
+  ev.add_argument('--iwae-samples', type=int, default=None, metavar='K',
+                  help='with bpd, vae family: importance samples of the IWAE bound (default 1: the ELBO)')
   ev.add_argument('--dataset', default='mnist', help='with train-features: the dataset (mnist)')
   ev.add_argument('--num-steps', type=int, default=None, help='with train-features: training steps')
 
@@ -126,7 +134,17 @@ def _sample(args) -> None:
     raise JaxgenError(f'--out must end in .npz or .png, got {args.out!r}.')
   if args.num < 1 or args.batch < 1:
     raise JaxgenError(f'--num and --batch must be positive, got {args.num} and {args.batch}.')
+  if args.show != 'samples' and ext != '.png':
+    raise JaxgenError(f'--show {args.show} writes a picture; use --out FILE.png.')
   run = load_run(args.workdir, args.step)
+  if args.show != 'samples':
+    if run.config.family != 'vae':
+      raise JaxgenError(f'--show {args.show} is for the vae family; this run is {run.config.family}.')
+    from jaxgen.vae import figures  # pylint: disable=g-import-not-at-top
+    images, cols = figures.figure(run, args.show, args.num)
+    images_lib.save_grid(args.out, images, ncols=cols)
+    print(f'Wrote {args.show} ({len(images)} images) from step {run.step} to {args.out}.')
+    return
   options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta)
   run.model.sample_options(**options)  # check options before the long part
   images = run.generate(args.num, seed=args.seed, batch=args.batch, progress=True, **options)
@@ -161,7 +179,8 @@ def _eval(args) -> None:
     options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta)
     run.model.sample_options(**options)
     result = evaluate.evaluate_run(run, metrics=metrics, num=args.num or 10_000, features=args.features,
-                                   real=args.real, seed=args.seed, batch=args.batch, **options)
+                                   real=args.real, seed=args.seed, batch=args.batch,
+                                   iwae_samples=args.iwae_samples, **options)
   print(evaluate.format_table(result))
   print(f"Wrote {result['json']}.")
 

@@ -6,7 +6,10 @@ model offers pure, jit-able functions of (params, inputs, rng):
 
 - `init(rng, batch) -> params`
 - `loss(params, batch, rng) -> (loss, metrics)` (one-objective families; the
-  trainer turns it into `train_step(state, batch) -> (state, metrics)`)
+  trainer turns it into `train_step(state, batch) -> (state, metrics)`, and
+  adds the step number to the batch as `batch['step']`); a model with state
+  that is not learned by gradient returns `(loss, (metrics, updates))`, see
+  `jaxgen.train.state.make_train_step`
 - `sample(params, rng, num, **options) -> images`, float [-1, 1], [num, H, W, C],
   the whole sampler one compiled program
 - `sample_options(**overrides) -> dict`, the config's sampling defaults with
@@ -25,6 +28,7 @@ from jaxgen.errors import JaxgenError
 
 FAMILIES = {
     'diffusion': 'jaxgen.diffusion.model',
+    'vae': 'jaxgen.vae.model',
 }
 
 

@@ -34,7 +34,9 @@ from jaxgen.eval import metrics as metrics_lib
 from jaxgen.eval.cache import cache_dir
 from jaxgen.train import mesh as mesh_lib
 
-METRICS = ('fid', 'kid', 'is', 'pr', 'bpd')  # bpd: a model's likelihood, not a sample metric
+# bpd: a model's likelihood; recon: an autoencoder's reconstruction error. Neither is a sample metric.
+METRICS = ('fid', 'kid', 'is', 'pr', 'bpd', 'recon')
+MODEL_METRICS = ('bpd', 'recon')
 FEATURES = ('inception', 'mnist')
 REFERENCE_FORMAT_VERSION = 1
 
@@ -212,8 +214,8 @@ def evaluate_npz(fake: str, real: str, *, metrics: Sequence[str] = ('fid',), fea
                  num: int | None = None, write: bool = True) -> dict[str, Any]:
   """Evaluates an .npz of samples (any library's) and writes `FAKE.eval.json` beside it."""
   metrics = parse_metrics(metrics)
-  if 'bpd' in metrics:
-    raise JaxgenError('bpd is a likelihood of a model, not of a sample file; use --workdir.')
+  for name in set(metrics) & set(MODEL_METRICS):
+    raise JaxgenError(f'{name} is a measure of a model, not of a sample file; use --workdir.')
   features = features or default_features(real.partition(':')[0])
   batches, _ = npz_batches(fake, num)  # checked before any work
   result = dict(fake=os.path.abspath(fake), **evaluate_images(batches, real, metrics=metrics,
@@ -225,25 +227,32 @@ def evaluate_npz(fake: str, real: str, *, metrics: Sequence[str] = ('fid',), fea
 
 def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_000,
                  features: str | None = None, real: str | None = None, seed: int = 0,
-                 batch: int = 256, write: bool = True, **sample_options: Any) -> dict[str, Any]:
+                 batch: int = 256, write: bool = True, iwae_samples: int | None = None,
+                 **sample_options: Any) -> dict[str, Any]:
   """Evaluates a loaded run: sample metrics on `num` samples against its dataset's train split
-  (or `real`), and `bpd` on the first `num` images of its test split.
+  (or `real`), and `bpd` on the first `num` images of its test split (for the VAE family
+  the IWAE bound with `iwae_samples` importance samples; default 1, the ELBO).
 
   Writes `WORKDIR/eval_step_XXXXXXX_<metrics>.json` (e.g. `eval_step_0003000_fid-kid.json`).
   """
   metrics = parse_metrics(metrics)
   dataset = run.config.data.name
   result = dict(workdir=os.path.abspath(run.workdir), step=run.step, seed=seed, metrics={})
-  sample_metrics = tuple(m for m in metrics if m != 'bpd')
+  sample_metrics = tuple(m for m in metrics if m not in MODEL_METRICS)
   if sample_metrics:
     batches = run.iter_generate(num, seed=seed, batch=batch, progress=True, **sample_options)
     result.update(sample_options=run.model.sample_options(**sample_options),
                   **evaluate_images(batches, real or f'{dataset}:train', metrics=sample_metrics,
                                     features=features or default_features(dataset)))
   if 'bpd' in metrics:
-    bpd = likelihood_metrics(run, num=num, batch=batch, seed=seed)
+    bpd = likelihood_metrics(run, num=num, batch=batch, seed=seed,
+                             **({} if iwae_samples is None else {'num_samples': iwae_samples}))
     result['metrics'].update(bpd.pop('metrics'))
     result.update(bpd)
+  if 'recon' in metrics:
+    recon = reconstruction_metrics(run, num=num, batch=batch)
+    result['metrics'].update(recon.pop('metrics'))
+    result.update(recon)
   if write:
     # The metric set is in the name, so evaluating bpd does not overwrite an FID result.
     _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}_{"-".join(metrics)}.json'), result)
@@ -251,18 +260,22 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
 
 
 def likelihood_metrics(run: Any, *, num: int, batch: int = 256, seed: int = 0,
-                       split: str = 'test') -> dict[str, Any]:
+                       split: str = 'test', **nll_options: Any) -> dict[str, Any]:
   """The model's NLL bound on the first `num` images of `split`: nats per image and bits/dim.
 
   Batches have one shape (padded, then masked), spread over the devices, so
-  the bound compiles once.
+  the bound compiles once. `nll_options` go to the model's `nll` (the VAE
+  family's `num_samples`).
   """
   if not hasattr(run.model, 'nll'):
     raise JaxgenError(f'the {run.config.family} family has no likelihood; drop bpd from --metrics.')
+  if 'num_samples' in nll_options and run.config.family != 'vae':
+    raise JaxgenError('--iwae-samples applies to the vae family only.')
   n_dev = run.mesh.devices.size
   batch = -(-min(batch, num) // n_dev) * n_dev
   sharding = mesh_lib.batch_sharding(run.mesh)
-  nll_fn = jax.jit(lambda params, b, rng: run.model.nll(params, b, rng, sharding=sharding))
+  nll_fn = jax.jit(lambda params, b, rng: run.model.nll(params, b, rng, sharding=sharding,
+                                                        **nll_options))
   config = ml_collections.ConfigDict(dict(name=run.config.data.name, random_flip=False))
   data_lib.prepare_for(config)
   total, count = 0.0, 0
@@ -280,6 +293,39 @@ def likelihood_metrics(run: Any, *, num: int, batch: int = 256, seed: int = 0,
   nats = total / count
   return dict(metrics={'NLL bound (nats)': nats,
                        'bits/dim': metrics_lib.bits_per_dim(nats, num_dims)},
+              num_test=count, test_split=split, **nll_options)
+
+
+def reconstruction_metrics(run: Any, *, num: int, batch: int = 256,
+                           split: str = 'test') -> dict[str, Any]:
+  """Reconstruction error of an autoencoder on the first `num` images of `split`.
+
+  Reconstructions are rounded to 8 bits like any output image; MSE is over all
+  sub-pixels on the [0, 1] scale, and PSNR (dB) is 10 log10(1 / MSE) of each
+  image, averaged over the images.
+  """
+  if not hasattr(run.model, 'reconstruct'):
+    raise JaxgenError(f'the {run.config.family} family does not reconstruct; drop recon from --metrics.')
+  n_dev = run.mesh.devices.size
+  batch = -(-min(batch, num) // n_dev) * n_dev
+  sharding = mesh_lib.batch_sharding(run.mesh)
+  recon_fn = jax.jit(run.model.reconstruct)
+  config = ml_collections.ConfigDict(dict(name=run.config.data.name, random_flip=False))
+  data_lib.prepare_for(config)
+  squared, psnr, count = 0.0, 0.0, 0
+  for b in data_lib.eval_batches(config, batch_size=batch, split=split, process_count=1,
+                                 process_index=0):
+    mask = b['mask'][:max(num - count, 0)]
+    out = images_lib.to_uint8(jax.device_get(recon_fn(run.params, jax.device_put(b['image'], sharding))))
+    real = images_lib.to_uint8(b['image'])
+    err = np.square(out.astype(np.float64) / 255.0 - real.astype(np.float64) / 255.0)
+    per_image = err.reshape(len(err), -1).mean(-1)[:len(mask)][mask]  # [n]
+    squared += float(per_image.sum())
+    psnr += float(np.sum(10.0 * np.log10(1.0 / np.maximum(per_image, 1e-10))))
+    count += len(per_image)
+    if count >= num:
+      break
+  return dict(metrics={'reconstruction MSE': squared / count, 'PSNR (dB)': psnr / count},
               num_test=count, test_split=split)
 
 
@@ -298,5 +344,8 @@ def format_table(result: dict[str, Any]) -> str:
                  + (f' vs {result["num_real"]} of {result["real"]}' if result.get('real') else '')
                  + f'; features: {result["features"]})')
   if 'num_test' in result:
-    lines.append(f'(bits/dim on {result["num_test"]} images of the {result["test_split"]} split)')
+    measured = [name for name, key in (('bits/dim', 'bits/dim'), ('reconstruction error', 'PSNR (dB)'))
+                if key in result['metrics']]
+    lines.append(f'({" and ".join(measured)} on {result["num_test"]} images of the '
+                 f'{result["test_split"]} split)')
   return '\n'.join(lines)

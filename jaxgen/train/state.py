@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import optax
 
 PyTree = Any
-# (params, batch, rng) -> (loss, metrics)
-LossFn = Callable[[PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+# (params, batch, rng) -> (loss, metrics), or (loss, (metrics, updates)) for models with
+# state that is not learned by gradient (a VQ codebook's EMA): `updates` maps top-level keys
+# of params to their new values, which replace the optimizer's result for those keys.
+LossFn = Callable[[PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, Any]]
 
 
 @flax.struct.dataclass
@@ -83,7 +85,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
   The step's randomness is `fold_in(state.rng, state.step)`, so a run resumed
   from a checkpoint draws exactly the keys an uninterrupted run would.
-  Metrics are scalars: the loss function's, plus `grad_norm`. With
+  The batch reaches the loss with `step` (int32 scalar) added. Metrics are
+  scalars: the loss function's, plus `grad_norm`. With
   `skip_nonfinite`, a step whose loss or gradient norm is NaN or inf leaves
   params, EMA and optimizer state unchanged and increments `state.skipped`;
   its metrics still report the non-finite values, and `skipped` (0 or 1)
@@ -92,9 +95,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
+    batch = dict(batch, step=state.step)  # for schedules inside the loss (KL warm-up)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
+    metrics, replaced = aux if isinstance(aux, tuple) else (aux, {})
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    params = {**params, **replaced} if replaced else params
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
     grad_norm = optax.tree.norm(grads)
     metrics = dict(metrics, grad_norm=grad_norm)
