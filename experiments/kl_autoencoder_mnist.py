@@ -10,33 +10,21 @@ without forcing out detail. Latent models use it through
 `run.model.encode(run.params, images)` and `run.model.decode(run.params, latents)`.
 `:smoke` shrinks it to seconds.
 """
+
+import os
+
 import ml_collections
+
+from jaxgen import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.family = 'vae'
-  config.seed = 0
-  config.data = dict(name='mnist', random_flip=False)
-  # 28x28 -> 14x14 -> 7x7 by strided convs, then a dense layer to the 32-d posterior.
-  # (An MLP VAE, model.network=mlp, trains 10x faster here but stops near 104 nats.)
-  config.model = dict(kind='gaussian', network='conv', hidden=(512, 256), ch=16, ch_mult=(1, 2, 2),
-                      num_res_blocks=0, latent_dim=32, spatial=False, likelihood='bernoulli',
-                      num_codes=512, dtype='float32')
-  config.vae = dict(beta=1.0, warmup_steps=0, commitment=0.25, codebook_decay=0.99)
-  config.optim = dict(lr=1e-3, warmup_steps=100, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                      grad_clip=100.0)
-  config.train = dict(batch_size=128, num_steps=4680, ema_decay=0.999, log_every=100,
-                      checkpoint_every=1000, keep_checkpoints=3, sample_every=1000, num_grid=64,
-                      eval_every=0, eval_num=1000, eval_metrics='fid', eval_features='mnist',
-                      keep_best='', fsdp=1, nonfinite='stop')
+  base = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae_mnist.py')
+  config = config_lib.load_config(base + (f':{arg}' if arg else ''))  # vae_mnist, smoke or not
   config.model.update(spatial=True, latent_dim=4, likelihood='logistic')
-  config.vae.update(beta=1e-3)
+  config.vae.beta = 1e-3
+  config.train.num_steps = 2000  # about 4 epochs
   if arg == 'smoke':
-    config.model.update(ch=8, ch_mult=(1, 2), latent_dim=2)
-    config.optim.warmup_steps = 2
-    config.train.update(batch_size=8, num_steps=10, log_every=5, checkpoint_every=5,
-                        sample_every=10, num_grid=4)
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; use smoke or nothing.')
+    config.model.latent_dim = 2
+    config.train.num_steps = 10
   return config
