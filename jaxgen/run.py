@@ -78,10 +78,15 @@ def load_run(workdir: str, step: int | None = None) -> Run:
 
   The parameters are replicated over all local devices, whatever mesh wrote them.
   """
-  restored = checkpoint.restore_latest(
-      workdir, lambda config: trainer.setup(config, mesh_lib.make_mesh()).abstract_state, step)
+  setups = []
+
+  def abstract_state(config: ml_collections.ConfigDict):
+    setups.append(trainer.setup(config, mesh_lib.make_mesh()))
+    return setups[-1].abstract_state
+
+  restored = checkpoint.restore_latest(workdir, abstract_state, step)
   if restored is None:
     raise JaxgenError(f'no checkpoint in {checkpoint.checkpoint_dir(workdir)}; '
                       f'train first with `jaxgen train --config ... --workdir {workdir}`.')
-  s = trainer.setup(restored.config, mesh_lib.make_mesh())
+  s = setups[-1]  # the setup of the checkpoint that was read
   return Run(workdir, restored.config, s.model, restored.step, restored.state.ema_params, s.mesh)

@@ -174,8 +174,8 @@ class VAEModel:
     """Negative ELBO with beta_t (Gaussian) or reconstruction + commitment (VQ), mean over the batch.
 
     Metrics (nats per image): `recon` (-log p(x|z)), `kl`, `nelbo` (recon + kl,
-    the bound at beta = 1), `beta`; VQ: `commitment`, `codebook_usage`,
-    `perplexity`. For VQ, aux also carries the new codebook state (the EMA update).
+    the bound at beta = 1), `beta`; VQ: `commitment` (|z - sg(e)|^2 summed over
+    one image's latent), `codebook_usage`, `perplexity`. For VQ, aux also carries the new codebook state (the EMA update).
     """
     rng_bin, rng_z = jax.random.split(rng)
     x = self._targets(batch['image'], rng_bin)
@@ -196,6 +196,9 @@ class VAEModel:
     codebook = params['codebook']
     z_q, indices, commitment = vq.quantize(jax.lax.stop_gradient(codebook['codebook']), z_e)
     recon = -self._log_likelihood(self._decode_raw(params, z_q), x)  # [B]
+    # As in van den Oord et al., the commitment term is a sum over the latent like the
+    # reconstruction term is over the pixels (vq.quantize gives the mean per element).
+    commitment = commitment * math.prod(z_e.shape[1:])
     loss = recon.mean() + self.objective.commitment * commitment
     usage, perplexity = vq.codebook_usage(indices, self.config.num_codes)
     new_codebook = vq.ema_update(codebook, jax.lax.stop_gradient(z_e), indices,
@@ -334,6 +337,8 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) 
     raise JaxgenError(f'model.network={cfg.network!r} must be mlp or conv.')
   if cfg.likelihood not in LIKELIHOODS:
     raise JaxgenError(f'model.likelihood={cfg.likelihood!r} must be one of {", ".join(LIKELIHOODS)}.')
+  if cfg.spatial and cfg.network != 'conv':
+    raise JaxgenError('a latent grid (model.spatial=True) needs model.network=conv.')
   if cfg.kind == 'vq' and not (cfg.network == 'conv' and cfg.spatial):
     raise JaxgenError('a VQ-VAE quantises a latent grid: set model.network=conv and model.spatial=True.')
   if cfg.likelihood == 'bernoulli' and image_shape[-1] != 1:
