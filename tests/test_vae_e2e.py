@@ -41,7 +41,8 @@ def test_train_resume_sample_evaluate(mnist_env, tmp_path, capsys, name):
   capsys.readouterr()
   assert cli.main(['eval', '--workdir', workdir, '--metrics', metrics, '--num', '16',
                    '--batch', '8'] + (['--iwae-samples', '4'] if 'bpd' in metrics else [])) == 0
-  result = json.load(open(os.path.join(workdir, f'eval_step_0000012_{metrics.replace(",", "-")}.json')))
+  name = metrics.replace(',', '-') + ('-iwae4' if 'bpd' in metrics else '')
+  result = json.load(open(os.path.join(workdir, f'eval_step_0000012_{name}.json')))
   assert result['num_test'] == 16
   assert 0 < result['metrics']['reconstruction MSE'] < 1 and result['metrics']['PSNR (dB)'] > 0
   if 'bpd' in metrics:

@@ -255,7 +255,8 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
     result.update(recon)
   if write:
     # The metric set is in the name, so evaluating bpd does not overwrite an FID result.
-    _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}_{"-".join(metrics)}.json'), result)
+    name = '-'.join(metrics) + (f'-iwae{iwae_samples}' if iwae_samples else '')
+    _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}_{name}.json'), result)
   return result
 
 
