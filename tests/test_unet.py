@@ -68,3 +68,35 @@ def test_image_size_must_divide():
   unet = UNet(TINY)
   with pytest.raises(ValueError, match='divisible'):
     unet.init(jax.random.PRNGKey(0), jnp.ones((1, 7, 7, 3)), jnp.zeros((1,), jnp.int32))
+
+
+def test_upsample_is_nearest_neighbour_resize():
+  from jaxgen.nn.blocks import upsample_nearest_2x
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 3))
+  want = jax.image.resize(x, (2, 10, 14, 3), method='nearest')
+  np.testing.assert_array_equal(upsample_nearest_2x(x), want)
+  np.testing.assert_array_equal(upsample_nearest_2x(x)[:, 1::2, ::2], x)
+
+
+def test_attention_block_is_single_head_softmax_attention():
+  from jaxgen.nn.blocks import AttnBlock
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 32))
+  block = AttnBlock()
+  params = block.init(jax.random.PRNGKey(1), x)
+  # proj_out starts at zero (identity block); give it and the biases values so the test sees them.
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(2), a.shape), params)
+  p = params['params']
+  h = np.asarray(x, np.float64).reshape(2, 16, 32)
+  mean = h.reshape(2, 16, 32, 1).mean(axis=(1, 3), keepdims=True)  # 32 groups of one channel
+  var = h.reshape(2, 16, 32, 1).var(axis=(1, 3), keepdims=True)
+  g = ((h.reshape(2, 16, 32, 1) - mean) / np.sqrt(var + 1e-6)).reshape(2, 16, 32)
+  g = g * np.asarray(p['GroupNorm_0']['scale']) + np.asarray(p['GroupNorm_0']['bias'])
+  kernel, bias = np.asarray(p['qkv']['kernel']), np.asarray(p['qkv']['bias'])
+  q, k, v = (g @ kernel[:, i] + bias[i] for i in range(3))
+  logits = q @ k.transpose(0, 2, 1) / np.sqrt(32)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  out = (weights @ v) @ np.asarray(p['proj_out']['kernel']) + np.asarray(p['proj_out']['bias'])
+  want = h + out
+  np.testing.assert_allclose(np.asarray(block.apply(params, x)).reshape(2, 16, 32), want,
+                             rtol=1e-4, atol=1e-4)

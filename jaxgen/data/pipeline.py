@@ -10,7 +10,6 @@ continues the stream exactly (even with another batch size or process count),
 and the global batch does not depend on how many processes share it.
 """
 
-import dataclasses
 import math
 from typing import Any, Iterator
 
@@ -21,22 +20,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxgen.data import builders
+from jaxgen.data.specs import FIXED_SPECS, DatasetSpec, dataset_spec  # noqa: F401 (re-exported)
 from jaxgen.errors import JaxgenError
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What a model needs to know about its data before any of it is read."""
-
-  image_shape: tuple[int, int, int]  # (H, W, C)
-  num_classes: int | None  # None: no labels worth conditioning on (a flat image folder)
-  num_train_examples: int
-
-
-_FIXED_SPECS = {
-    'mnist': DatasetSpec((28, 28, 1), 10, 60000),
-    'cifar10': DatasetSpec((32, 32, 3), 10, 50000),
-}
 
 
 def _options(data_config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
@@ -53,15 +38,15 @@ def _options(data_config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any
                     channels=3 if channels is None else channels)
 
 
-def dataset_spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
-  """Image shape, class count and train size of `data_config`'s dataset, without preparing it.
+def folder_spec(data_config: ml_collections.ConfigDict) -> DatasetSpec:
+  """`dataset_spec` for datasets whose shape is known only from their files ('image_folder').
 
-  For 'image_folder' this lists the folder (JaxgenError if it is missing or has
-  no images); num_classes is the number of class subfolders, None when flat.
+  Lists the folder (JaxgenError if it is missing or has no images); num_classes
+  is the number of class subfolders, None when flat. Unknown names: JaxgenError.
   """
   name, options = _options(data_config)
-  if name in _FIXED_SPECS:
-    return _FIXED_SPECS[name]
+  if name in FIXED_SPECS:
+    return FIXED_SPECS[name]
   config = builders.image_folder_config(**options)
   items, class_names = builders.list_image_folder(config.folder)
   return DatasetSpec((config.image_size, config.image_size, config.channels),

@@ -61,6 +61,8 @@ class AttnBlock(nn.Module):
     h = group_norm(self.dtype)(x)
     qkv = nn.DenseGeneral((3, c), dtype=self.dtype, kernel_init=default_init, name='qkv')(h)
     qkv = qkv.reshape(b, hgt * wid, 3, 1, c)  # [B, L, 3, heads=1, C]
+    # One product, then slices: three products with kernel slices were no faster on an H200
+    # (benchmarks/results/h200_speed.md).
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, L, 1, C]
     h = jax.nn.dot_product_attention(q, k, v)  # [B, L, 1, C]
     h = h.reshape(b, hgt, wid, c)
@@ -78,12 +80,23 @@ class Downsample(nn.Module):
                    kernel_init=default_init)(x)
 
 
+def upsample_nearest_2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x up-sampling, [B, H, W, C] -> [B, 2H, 2W, C].
+
+  The same values as `jax.image.resize(..., method='nearest')`, written as a
+  broadcast and a reshape, which XLA fuses like any elementwise op, where
+  resize lowers to a gather.
+  """
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))  # [B, H, 2, W, 2, C]
+  return x.reshape(b, 2 * h, 2 * w, c)
+
+
 class Upsample(nn.Module):
   """Doubles H and W: nearest-neighbour then a 3x3 convolution. [B, H, W, C] -> [B, 2H, 2W, C]."""
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, h, w, c = x.shape
-    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method='nearest')
-    return nn.Conv(c, (3, 3), dtype=self.dtype, kernel_init=default_init)(x)
+    x = upsample_nearest_2x(x)
+    return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, kernel_init=default_init)(x)

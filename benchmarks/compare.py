@@ -1,0 +1,258 @@
+"""jaxgen against the diffusers peer of ../shared/PEERS.md, side by side in one command.
+
+    python -m benchmarks.compare --preset h200 --out benchmarks/results/h200   # one H200
+    python -m benchmarks.compare --preset cpu --out /tmp/cpu                   # a CPU, small batches
+    python -m benchmarks.compare --preset smoke --out /tmp/smoke               # seconds (the CI test)
+
+Runs, one after another on the same machine, jaxgen's DDPM CIFAR-10 config
+(`experiments/ddpm_cifar10.py`, bf16 compute) and the peer (`UNet2DModel`
+with the same network) at the same batch and the same number of steps:
+1000-step DDPM sampling, training, and DDIM at a small batch. Each side runs
+in its own process (`benchmarks.sampling`, `benchmarks.training`,
+`benchmarks.peers.diffusers_unet`), so neither framework's allocator sees the
+other's memory. Writes each process's JSON and `summary.json` / `summary.md`
+(the ratios against the targets of issue 9) under --out, and prints the
+summary last. Without torch and diffusers installed, the peer is reported as
+missing and only jaxgen runs.
+
+--budget (seconds) bounds the whole command: a stage that would start after
+it is skipped and named in the summary, and a stage still running at the end
+is stopped, so the command fits a lease on a borrowed accelerator.
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+CIFAR = 'experiments/ddpm_cifar10.py'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the stages run from the repo root
+
+# name -> (module, arguments); {out} is the output folder. In priority order.
+PRESETS: dict[str, list[tuple[str, str, list[str]]]] = {
+    'h200': [
+        ('jaxgen_sampling', 'benchmarks.sampling',
+         ['--config', CIFAR, '--dtype', 'bfloat16', '--samplers', 'ddpm', '--batch', '1024',
+          '--time-steps', '40', '--repeats', '5', '--measure-ceiling',
+          '--profile', '{out}/profile_sampling']),
+        ('peer_sampling', 'benchmarks.peers.diffusers_unet',
+         ['--what', 'sampling', '--batch', '1024', '--modes', 'compile-bf16,eager-bf16,eager-fp32',
+          '--time-steps', '40']),
+        ('jaxgen_training', 'benchmarks.training',
+         ['--config', CIFAR, '--dtype', 'bfloat16', '--batch', '512', '--steps', '30',
+          '--profile', '{out}/profile_training']),
+        ('peer_training', 'benchmarks.peers.diffusers_unet',
+         ['--what', 'training', '--batch', '512', '--modes', 'compile-bf16,eager-bf16',
+          '--train-steps', '30']),
+        ('jaxgen_ddim', 'benchmarks.sampling',
+         ['--config', CIFAR, '--dtype', 'bfloat16,float32', '--samplers', 'ddim', '--batch', '16',
+          '--ddim-steps', '50', '--repeats', '10']),
+        ('peer_ddim', 'benchmarks.peers.diffusers_unet',
+         ['--what', 'ddim', '--batch', '16', '--modes', 'eager-fp32,eager-bf16,compile-fp32',
+          '--ddim-steps', '50']),
+        ('jaxgen_sampling_full', 'benchmarks.sampling',
+         ['--config', CIFAR, '--dtype', 'bfloat16', '--samplers', 'ddpm', '--batch', '1024',
+          '--repeats', '1', '--warmup', '0']),
+    ],
+    'cpu': [
+        ('jaxgen_sampling', 'benchmarks.sampling',
+         ['--config', CIFAR, '--dtype', 'float32', '--samplers', 'ddpm', '--batch', '4',
+          '--time-steps', '10', '--repeats', '3']),
+        ('peer_sampling', 'benchmarks.peers.diffusers_unet',
+         ['--what', 'sampling', '--batch', '4', '--modes', 'eager-fp32', '--time-steps', '10',
+          '--device', 'cpu']),
+        ('jaxgen_training', 'benchmarks.training',
+         ['--config', CIFAR, '--dtype', 'float32', '--batch', '8', '--steps', '5', '--repeats', '3']),
+        ('peer_training', 'benchmarks.peers.diffusers_unet',
+         ['--what', 'training', '--batch', '8', '--modes', 'eager-fp32', '--train-steps', '5',
+          '--device', 'cpu']),
+        ('jaxgen_ddim', 'benchmarks.sampling',
+         ['--config', CIFAR, '--dtype', 'float32', '--samplers', 'ddim', '--batch', '1',
+          '--ddim-steps', '10', '--repeats', '3']),
+        ('peer_ddim', 'benchmarks.peers.diffusers_unet',
+         ['--what', 'ddim', '--batch', '1', '--modes', 'eager-fp32', '--ddim-steps', '10',
+          '--repeats', '3', '--device', 'cpu']),
+    ],
+    'smoke': [
+        ('jaxgen_sampling', 'benchmarks.sampling',
+         ['--config', CIFAR + ':smoke', '--samplers', 'ddpm', '--batch', '2', '--time-steps', '2',
+          '--repeats', '1']),
+        ('jaxgen_training', 'benchmarks.training',
+         ['--config', CIFAR + ':smoke', '--batch', '2', '--steps', '1', '--warmup', '1',
+          '--repeats', '1']),
+        ('jaxgen_ddim', 'benchmarks.sampling',
+         ['--config', CIFAR + ':smoke', '--samplers', 'ddim', '--batch', '1', '--ddim-steps', '2',
+          '--repeats', '1']),
+    ],
+}
+
+# Issue 9's targets: jaxgen / peer.
+TARGETS = {'sampling': 1.5, 'training': 1.5, 'ddim_vs_eager_fp32': 3.0}
+
+
+def _load(out: str, name: str) -> dict[str, Any] | None:
+  path = os.path.join(out, f'{name}.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _best(rows: list[dict[str, Any]], key: str = 'images_per_s') -> dict[str, Any] | None:
+  return max(rows, key=lambda r: r[key]) if rows else None
+
+
+def summarise(out: str, ran: dict[str, str]) -> dict[str, Any]:
+  """Ratios jaxgen / peer from the stage JSONs under `out`."""
+  get = lambda name: (_load(out, name) or {}).get('results', [])  # noqa: E731
+  s: dict[str, Any] = {'stages': ran}
+  j_samp = _best(get('jaxgen_sampling'))
+  p_samp = get('peer_sampling')
+  ceiling = (_load(out, 'jaxgen_sampling') or {}).get('ceiling_tflops')
+  peer_flops = (_load(out, 'peer_sampling') or {}).get('forward_gflops_per_image')
+  if j_samp:
+    s['sampling'] = dict(batch=j_samp['batch'], steps=j_samp['steps'], jaxgen_images_per_s=j_samp['images_per_s'],
+                         jaxgen_ms_per_step=j_samp['ms_per_step'], jaxgen_peak_bytes=j_samp['peak_bytes'],
+                         jaxgen_program_bytes=j_samp['program_bytes'],
+                         peer={r['mode']: r['images_per_s'] for r in p_samp},
+                         peer_peak_bytes={r['mode']: r['peak_bytes'] for r in p_samp})
+    if ceiling and peer_flops:
+      # Model FLOPs by the peer's count (torch's FLOP counter), as PEERS.md states the limit.
+      limit = ceiling * 1e12 / (peer_flops * 1e9 * j_samp['steps'])
+      s['sampling'].update(compute_limit_images_per_s=limit,
+                           jaxgen_fraction_of_limit=j_samp['images_per_s'] / limit)
+    best = _best(p_samp)
+    if best:
+      s['sampling'].update(peer_best_mode=best['mode'],
+                           ratio_vs_best=j_samp['images_per_s'] / best['images_per_s'])
+  full = _best(get('jaxgen_sampling_full'))
+  if full and 'sampling' in s:
+    s['sampling']['jaxgen_full_chain_images_per_s'] = full['images_per_s']
+  j_train, p_train = _best(get('jaxgen_training')), get('peer_training')
+  if j_train:
+    s['training'] = dict(batch=j_train['batch'], jaxgen_images_per_s=j_train['images_per_s'],
+                         jaxgen_ms_per_step=j_train['ms_per_step'], jaxgen_peak_bytes=j_train['peak_bytes'],
+                         jaxgen_program_bytes=j_train['program_bytes'],
+                         peer={r['mode']: r['images_per_s'] for r in p_train},
+                         peer_peak_bytes={r['mode']: r['peak_bytes'] for r in p_train})
+    best = _best(p_train)
+    if best:
+      s['training'].update(peer_best_mode=best['mode'],
+                           ratio_vs_best=j_train['images_per_s'] / best['images_per_s'])
+  j_ddim, p_ddim = get('jaxgen_ddim'), get('peer_ddim')
+  if j_ddim:
+    fast = _best(j_ddim)
+    s['ddim'] = dict(batch=fast['batch'], steps=fast['steps'], jaxgen_dtype=fast['dtype'],
+                     jaxgen_seconds={r['dtype']: r['seconds_per_batch'] for r in j_ddim},
+                     peer_seconds={r['mode']: r['seconds'] for r in p_ddim})
+    eager = [r for r in p_ddim if r['mode'] == 'eager-fp32']
+    if eager:
+      s['ddim']['ratio_vs_eager_fp32'] = eager[0]['seconds'] / fast['seconds_per_batch']
+    if p_ddim:
+      best = min(p_ddim, key=lambda r: r['seconds'])
+      s['ddim'].update(peer_best_mode=best['mode'],
+                       ratio_vs_best=best['seconds'] / fast['seconds_per_batch'])
+  return s
+
+
+def _gib(n: int | None) -> str:
+  return '-' if n is None else f'{n / 2 ** 30:.1f} GiB'
+
+
+def _num(x: float) -> str:
+  """Three significant digits, without scientific notation for the sizes seen here."""
+  return f'{x:.{max(0, 2 - math.floor(math.log10(abs(x))))}f}' if x else '0'
+
+
+def _throughput_rows(r: dict[str, Any], label: str, what: str, target: float) -> list[str]:
+  """Table rows of one throughput workload: one per peer mode, then peak memory."""
+  ours = r['jaxgen_images_per_s']
+  rows = [f'| {label}, images/s | {_num(ours)} | {_num(ips)} ({mode}) | {ours / ips:.2f}x | '
+          f'{target if mode == "compile-bf16" else ""} |' for mode, ips in sorted(r['peer'].items())]
+  rows = rows or [f'| {label}, images/s | {_num(ours)} | - | - | |']
+  for mode, b in sorted(r['peer_peak_bytes'].items()) if r['jaxgen_peak_bytes'] else ():
+    rows.append(f'| {what} peak memory, batch {r["batch"]} | {_gib(r["jaxgen_peak_bytes"])} | '
+                f'{_gib(b)} ({mode}) | | no higher |')
+  return rows
+
+
+def markdown(s: dict[str, Any]) -> str:
+  """The summary as a Markdown table (plus the compute limit and what was not measured)."""
+  lines = ['| workload | jaxgen | peer (mode) | jaxgen / peer | target |', '| --- | --- | --- | --- | --- |']
+  if 'sampling' in s:
+    r = s['sampling']
+    lines += _throughput_rows(r, f'DDPM {r["steps"]} steps, batch {r["batch"]}', 'sampling',
+                              TARGETS['sampling'])
+  if 'training' in s:
+    r = s['training']
+    lines += _throughput_rows(r, f'training, batch {r["batch"]}', 'training', TARGETS['training'])
+  if 'ddim' in s:
+    r = s['ddim']
+    j = r['jaxgen_seconds'][r['jaxgen_dtype']]
+    for mode, sec in sorted(r['peer_seconds'].items()):
+      lines.append(f'| DDIM {r["steps"]} steps, batch {r["batch"]}, seconds | {_num(j)} ({r["jaxgen_dtype"]}) | '
+                   f'{_num(sec)} ({mode}) | {sec / j:.2f}x | '
+                   f'{TARGETS["ddim_vs_eager_fp32"] if mode == "eager-fp32" else ""} |')
+    if not r['peer_seconds']:
+      lines.append(f'| DDIM {r["steps"]} steps, batch {r["batch"]}, seconds | {_num(j)} | - | - | |')
+  if 'sampling' in s and 'jaxgen_fraction_of_limit' in s['sampling']:
+    r = s['sampling']
+    lines.append(f'\nSampling compute limit (measured bf16 matmul ceiling / peer-counted FLOPs): '
+                 f'{r["compute_limit_images_per_s"]:.1f} images/s; jaxgen reaches '
+                 f'{100 * r["jaxgen_fraction_of_limit"]:.0f}% of it.')
+  skipped = [k for k, v in s['stages'].items() if v != 'ok']
+  if skipped:
+    lines.append('\nStages not measured: ' + ', '.join(f'{k} ({s["stages"][k]})' for k in skipped) + '.')
+  return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--preset', default='cpu', choices=sorted(PRESETS))
+  parser.add_argument('--out', required=True, help='folder for the JSON files and the summary')
+  parser.add_argument('--budget', type=float, default=0, help='seconds for the whole command (0: none)')
+  parser.add_argument('--only', default=None, help='comma-separated stage names to run')
+  args = parser.parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  has_peer = all(importlib.util.find_spec(m) for m in ('torch', 'diffusers'))
+  end = time.monotonic() + args.budget if args.budget else None
+  ran: dict[str, str] = {}
+  for name, module, stage_args in PRESETS[args.preset]:
+    if args.only and name not in args.only.split(','):
+      continue
+    if name.startswith('peer') and not has_peer:
+      ran[name] = 'torch/diffusers not installed'
+      continue
+    left = None if end is None else end - time.monotonic()
+    if left is not None and left < 20:
+      ran[name] = 'out of time'
+      continue
+    cmd = [sys.executable, '-m', module, *[a.format(out=args.out) for a in stage_args],
+           '--json', os.path.join(args.out, f'{name}.json')]
+    if left is not None:
+      cmd += ['--deadline', str(max(left - 60, 1))]
+    print(f'== {name}: {" ".join(cmd[1:])}', flush=True)
+    try:
+      proc = subprocess.run(cmd, timeout=left, check=False, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                [ROOT, os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep)))
+      ran[name] = 'ok' if proc.returncode == 0 else f'exit {proc.returncode}'
+    except subprocess.TimeoutExpired:
+      ran[name] = 'stopped at the budget'
+  summary = summarise(args.out, ran)
+  with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  text = markdown(summary)
+  with open(os.path.join(args.out, 'summary.md'), 'w') as f:
+    f.write(text + '\n')
+  print(text, flush=True)
+  return summary
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Peer implementations run side by side with jaxgen (optional extra `peers`: torch, diffusers)."""
