@@ -1,0 +1,1 @@
+"""Generative adversarial networks: losses, spectral normalisation and StyleGAN2 layers."""
