@@ -65,11 +65,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="diffusion sampler (default: the config's)")
   sample.add_argument('--steps', type=int, default=None, help='DDIM steps (default: the config\'s)')
   sample.add_argument('--eta', type=float, default=None, help='DDIM noise scale (0: deterministic)')
+  sample.add_argument('--truncation', type=float, default=None,
+                      help='StyleGAN2 truncation psi (1: none; default: the config\'s)')
+  sample.add_argument('--label', type=int, default=None,
+                      help='class of a conditional GAN\'s samples (-1: cycle through the classes)')
   sample.add_argument('--show', default='samples',
                       choices=('samples', 'reconstructions', 'interpolations', 'manifold'),
                       help='samples from the prior (any family, default); vae family, as a .png: '
                            'reconstructions of --num test images, interpolations between --num pairs '
-                           '(linear and spherical), or the manifold of a 2-d latent (--num grid cells)')
+                           '(linear and spherical), or the manifold of a 2-d latent (--num grid cells); '
+                           'gan family: interpolations, --num rows of spherical paths between two z')
   sample.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
   sample.add_argument('--batch', type=int, default=256, help='images per compiled call (default 256)')
   sample.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
@@ -89,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
   ev.add_argument('--real', metavar='DATASET[:SPLIT]|FILE.npz',
                   help='reference images (default with --workdir: the run dataset, split train)')
   ev.add_argument('--metrics', default='fid',
-                  help='comma-separated: fid,kid,is,pr and, with --workdir, bpd (likelihood) and '
+                  help='comma-separated: fid,kid,is,pr,coverage (class histogram of the samples) and, with --workdir, bpd (likelihood) and '
                        'recon (autoencoder reconstruction MSE and PSNR) (default fid)')
   ev.add_argument('--features', choices=('inception', 'mnist'), default=None,
                   help='feature network (default: mnist for MNIST, inception otherwise)')
@@ -100,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
   ev.add_argument('--sampler', choices=('ddpm', 'ddim'), default=None, help='diffusion sampler')
   ev.add_argument('--steps', type=int, default=None, help='DDIM steps')
   ev.add_argument('--eta', type=float, default=None, help='DDIM noise scale')
+  ev.add_argument('--truncation', type=float, default=None, help='StyleGAN2 truncation psi')
+  ev.add_argument('--label', type=int, default=None, help='conditional GAN: class of the samples')
   ev.add_argument('--iwae-samples', type=int, default=None, metavar='K',
                   help='with bpd, vae family: importance samples of the IWAE bound (default 1: the ELBO)')
   ev.add_argument('--dataset', default='mnist', help='with train-features: the dataset (mnist)')
@@ -126,6 +133,13 @@ def _train(args, overrides) -> None:
   trainer.train_and_evaluate(config, args.workdir)
 
 
+def _sample_options(args) -> dict:
+  """The sampling options given on the command line (those left out keep the config's)."""
+  given = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, truncation=args.truncation,
+               label=args.label)
+  return {k: v for k, v in given.items() if v is not None}
+
+
 def _sample(args) -> None:
   from jaxgen import images as images_lib  # pylint: disable=g-import-not-at-top
   from jaxgen.run import load_run  # pylint: disable=g-import-not-at-top
@@ -137,15 +151,25 @@ def _sample(args) -> None:
   if args.show != 'samples' and ext != '.png':
     raise JaxgenError(f'--show {args.show} writes a picture; use --out FILE.png.')
   run = load_run(args.workdir, args.step)
+  if args.show == 'interpolations' and run.config.family == 'gan':
+    import jax  # pylint: disable=g-import-not-at-top
+    options = _sample_options(args)
+    run.model.sample_options(**options)
+    fn = jax.jit(lambda p, r: run.model.interpolate(p, r, args.num, **options))
+    images = images_lib.to_uint8(jax.device_get(fn(run.params, jax.random.PRNGKey(args.seed))))
+    images_lib.save_grid(args.out, images, ncols=len(images) // args.num)
+    print(f'Wrote {args.num} latent interpolations from step {run.step} to {args.out}.')
+    return
   if args.show != 'samples':
     if run.config.family != 'vae':
-      raise JaxgenError(f'--show {args.show} is for the vae family; this run is {run.config.family}.')
+      raise JaxgenError(f'--show {args.show} is for the vae family (and interpolations for gan); '
+                        f'this run is {run.config.family}.')
     from jaxgen.vae import figures  # pylint: disable=g-import-not-at-top
     images, cols = figures.figure(run, args.show, args.num)
     images_lib.save_grid(args.out, images, ncols=cols)
     print(f'Wrote {args.show} ({len(images)} images) from step {run.step} to {args.out}.')
     return
-  options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta)
+  options = _sample_options(args)
   run.model.sample_options(**options)  # check options before the long part
   images = run.generate(args.num, seed=args.seed, batch=args.batch, progress=True, **options)
   if ext == '.npz':
@@ -169,14 +193,14 @@ def _eval(args) -> None:
     raise JaxgenError('pass exactly one of --workdir (sample a run) and --fake FILE.npz.')
   metrics = evaluate.parse_metrics(args.metrics)
   if args.fake:
-    if not args.real and set(metrics) - {'is'}:
+    if not args.real and set(metrics) - set(evaluate.FAKE_ONLY_METRICS):
       raise JaxgenError('--fake needs --real DATASET[:SPLIT] or --real FILE.npz for fid, kid and pr.')
     result = evaluate.evaluate_npz(args.fake, args.real or '', metrics=metrics, features=args.features,
                                    num=args.num)
   else:
     from jaxgen.run import load_run  # pylint: disable=g-import-not-at-top
     run = load_run(args.workdir)
-    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta)
+    options = _sample_options(args)
     run.model.sample_options(**options)
     result = evaluate.evaluate_run(run, metrics=metrics, num=args.num or 10_000, features=args.features,
                                    real=args.real, seed=args.seed, batch=args.batch,

@@ -15,7 +15,10 @@ model offers pure, jit-able functions of (params, inputs, rng):
 - `sample_options(**overrides) -> dict`, the config's sampling defaults with
   command-line overrides applied and checked
 - `forward_flops(params) -> float | None`, FLOPs of one network evaluation
-  per image, and `evaluations_per_sample(**options) -> int`.
+  per image, and `evaluations_per_sample(**options) -> int`;
+- optionally `train_fns(ema_decay, skip_nonfinite) -> (create_state(params, rng),
+  train_step(state, batch))`, for a family that is not one loss minimised by one
+  optimizer (a GAN); the trainer then uses these instead of `loss`.
 """
 
 import importlib
@@ -29,6 +32,7 @@ from jaxgen.errors import JaxgenError
 FAMILIES = {
     'diffusion': 'jaxgen.diffusion.model',
     'vae': 'jaxgen.vae.model',
+    'gan': 'jaxgen.gan.model',
 }
 
 

@@ -262,13 +262,15 @@ def _modulated_conv_loop(x, weight, styles, demodulate, eps=1e-8):
   return jnp.concatenate(outs, axis=0)
 
 
+@pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('demodulate', [True, False])
 @pytest.mark.parametrize('k', [1, 3])
-def test_modulated_conv_matches_per_sample_loop(demodulate, k):
+def test_modulated_conv_matches_per_sample_loop(demodulate, k, fused):
+  # fused: one grouped convolution with per-sample weights; not fused: modulated activations.
   x = jnp.asarray(_random(30, (3, 5, 6, 4)))
   weight = jnp.asarray(_random(31, (k, k, 4, 6)))
   styles = jnp.asarray(_random(32, (3, 4)))
-  got = stylegan2.modulated_conv(x, weight, styles, demodulate=demodulate)
+  got = stylegan2.modulated_conv(x, weight, styles, demodulate=demodulate, fused=fused)
   assert got.shape == (3, 5, 6, 6)
   np.testing.assert_allclose(got, _modulated_conv_loop(x, weight, styles, demodulate),
                              atol=1e-5, rtol=1e-5)

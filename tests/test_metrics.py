@@ -402,3 +402,11 @@ def test_bits_per_dim_errors():
     metrics.continuous_to_discrete_nll(1.0, 10, scale=0.0)
   with pytest.raises(JaxgenError, match='NaN'):
     metrics.bits_per_dim(float('nan'), 10)
+
+
+def test_class_coverage_counts_predicted_classes():
+  logits = np.array([[3., 0, 0], [0, 2, 0], [0, 5, 1], [1, 0, 0], [0, 0, 9], [0, 4, 0]])
+  counts, ratio = metrics.class_coverage(logits)
+  np.testing.assert_array_equal(counts, [2, 3, 1])
+  assert ratio == 3.0
+  assert metrics.class_coverage(logits[:2])[1] == float('inf')  # class 2 never predicted

@@ -35,7 +35,9 @@ from jaxgen.eval.cache import cache_dir
 from jaxgen.train import mesh as mesh_lib
 
 # bpd: a model's likelihood; recon: an autoencoder's reconstruction error. Neither is a sample metric.
-METRICS = ('fid', 'kid', 'is', 'pr', 'bpd', 'recon')
+METRICS = ('fid', 'kid', 'is', 'pr', 'coverage', 'bpd', 'recon')
+# Metrics of the generated set alone (no reference images).
+FAKE_ONLY_METRICS = ('is', 'coverage')
 MODEL_METRICS = ('bpd', 'recon')
 FEATURES = ('inception', 'mnist')
 REFERENCE_FORMAT_VERSION = 1
@@ -114,7 +116,7 @@ def compute(metrics: Sequence[str], fake: FeatureSet, real: FeatureSet | None,
             extractor: Extractor) -> dict[str, float]:
   """The requested metrics of `fake` against `real`, named with the extractor's label."""
   out, label = {}, extractor.label
-  if real is None and set(metrics) - {'is'}:
+  if real is None and set(metrics) - set(FAKE_ONLY_METRICS):
     raise JaxgenError('FID, KID and precision/recall need reference images; pass --real.')
   if 'fid' in metrics:
     out[f'FID{label}'] = metrics_lib.fid_from_stats(real.stats, fake.stats)
@@ -126,6 +128,12 @@ def compute(metrics: Sequence[str], fake: FeatureSet, real: FeatureSet | None,
     splits = 10 if len(fake.logits) >= 100 else 1
     mean, std = metrics_lib.inception_score(fake.logits, num_splits=splits, from_logits=True)
     out[f'IS{label}'], out[f'IS{label} std'] = mean, std
+  if 'coverage' in metrics:
+    # Mode coverage by the feature network's classifier (meaningful for the MNIST domain network).
+    counts, ratio = metrics_lib.class_coverage(fake.logits)
+    out[f'class ratio max/min{label}'] = ratio
+    out[f'classes covered{label}'] = float(np.count_nonzero(counts))
+    out.update({f'class {k} fraction{label}': float(c / counts.sum()) for k, c in enumerate(counts)})
   if 'pr' in metrics:
     precision, recall = metrics_lib.precision_recall(real.features, fake.features, k=3)
     out[f'precision{label}'], out[f'recall{label}'] = precision, recall
@@ -202,7 +210,7 @@ def evaluate_images(batches: Iterable[np.ndarray], real: str, *, metrics: Sequen
   """Metrics of uint8 image batches against the reference `real` ('DATASET[:SPLIT]' or .npz)."""
   metrics = parse_metrics(metrics)
   extractor = get_extractor(features)
-  ref = reference(real, extractor) if set(metrics) - {'is'} else None
+  ref = reference(real, extractor) if set(metrics) - set(FAKE_ONLY_METRICS) else None
   fake = extract(extractor, batches)
   values = compute(metrics, fake, ref, extractor)
   return dict(metrics=values, num_fake=fake.stats.count,

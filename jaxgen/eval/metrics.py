@@ -332,6 +332,17 @@ def kernel_inception_distance(feats_real: ArrayLike, feats_fake: ArrayLike, *, n
 # Inception Score.
 
 
+def class_coverage(logits: ArrayLike) -> tuple[np.ndarray, float]:
+  """(counts [K] of the classifier's predicted classes, max/min count ratio) of logits [N, K].
+
+  The ratio is 1.0 for a perfectly balanced set and inf when a class is never
+  predicted (mode dropping).
+  """
+  logits = _as_features(logits, 'logits')
+  counts = np.bincount(np.argmax(logits, axis=1), minlength=logits.shape[1])
+  return counts, (float(counts.max() / counts.min()) if counts.min() > 0 else float('inf'))
+
+
 def inception_score(probs_or_logits: ArrayLike, *, num_splits: int = 10,
                     from_logits: bool = False) -> tuple[float, float]:
   """Inception Score exp(E_x KL(p(y|x) || p(y))), mean and std over splits.

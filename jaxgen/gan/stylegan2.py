@@ -28,7 +28,7 @@ LRELU_GAIN = math.sqrt(2.0)
 
 
 def modulated_conv(x: jax.Array, weight: jax.Array, styles: jax.Array, demodulate: bool = True,
-                   eps: float = 1e-8, precision: Any = None) -> jax.Array:
+                   eps: float = 1e-8, precision: Any = None, fused: bool = True) -> jax.Array:
   """Convolution with per-sample modulated (and demodulated) weights, SAME padding.
 
   Args:
@@ -40,6 +40,9 @@ def modulated_conv(x: jax.Array, weight: jax.Array, styles: jax.Array, demodulat
       inputs to unit variance whatever the styles.
     eps: see `demodulate`.
     precision: passed to `jax.lax.conv_general_dilated`.
+    fused: one grouped convolution with per-sample weights (below); False
+      scales the inputs by the styles, convolves with the shared weights and
+      scales the outputs by the demodulation factors, the same function.
 
   Returns:
     [B, H, W, O] in x's dtype: sample b convolved with
@@ -53,9 +56,16 @@ def modulated_conv(x: jax.Array, weight: jax.Array, styles: jax.Array, demodulat
   b, hgt, wid, c_in = x.shape
   k_h, k_w, _, c_out = weight.shape
   w = weight.astype(jnp.float32)[None] * styles.astype(jnp.float32)[:, None, None, :, None]  # [B, k, k, I, O]
+  demod = None
   if demodulate:
     demod = jax.lax.rsqrt(jnp.sum(jnp.square(w), axis=(1, 2, 3)) + eps)  # [B, O]
     w = w * demod[:, None, None, None, :]
+  if not fused:
+    xs = (x.astype(jnp.float32) * styles.astype(jnp.float32)[:, None, None, :]).astype(x.dtype)
+    y = jax.lax.conv_general_dilated(
+        xs, weight.astype(x.dtype), window_strides=(1, 1), padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)  # [B, H, W, O]
+    return y if demod is None else (y * demod[:, None, None, :]).astype(x.dtype)
   w = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(k_h, k_w, c_in, b * c_out)  # [k, k, I, B*O]
   xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, hgt, wid, b * c_in)  # [1, H, W, B*I]
   y = jax.lax.conv_general_dilated(
@@ -134,11 +144,17 @@ class ModulatedConv(nn.Module):
   paper's transposed convolution with a [1, 3, 3, 1] low-pass filter. A bias
   [O] (zero init) is added; the caller adds `NoiseInjection` and the leaky
   ReLU (gain sqrt(2)) after this layer (noise and bias commute).
+
+  `fused` picks `modulated_conv`'s grouped form. It is off by default: on a
+  batch-sharded mesh XLA's partitioner cannot split a grouped convolution whose
+  groups are the samples (it fails to compile on 8 devices), and the unfused
+  form is one ordinary convolution on every backend.
   """
   features: int
   kernel_size: int = 3
   demodulate: bool = True
   upsample: bool = False
+  fused: bool = False
   use_bias: bool = True
   dtype: Dtype = jnp.float32
 
@@ -153,7 +169,7 @@ class ModulatedConv(nn.Module):
     x = x.astype(self.dtype)
     if self.upsample:
       x = upsample_nearest_2x(x)  # [B, 2H, 2W, I]
-    y = modulated_conv(x, weight, styles, demodulate=self.demodulate)  # [B, H', W', O]
+    y = modulated_conv(x, weight, styles, demodulate=self.demodulate, fused=self.fused)  # [B, H', W', O]
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
     return y

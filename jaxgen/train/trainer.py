@@ -11,6 +11,7 @@ resumed run sees exactly the examples an uninterrupted run would.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -74,7 +75,7 @@ class Setup:
   init_state: Any  # jitted () -> TrainState, born with its shardings on the mesh
   abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings
   state_sharding: Any  # TrainState of NamedShardings (mesh_lib.state_shardings)
-  optimizer: Any
+  step_fn: Any  # the pure train_step(state, batch) -> (state, metrics), before jit
 
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Setup:
@@ -90,23 +91,29 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   spec = data_lib.dataset_spec(config.data)
   model = families.build(config, spec.image_shape)
   train_cfg = config_lib.section(config, 'train', TrainConfig)
-  optimizer = make_optimizer(config_lib.section(config, 'optim', OptimConfig))
   if train_cfg.nonfinite not in ('stop', 'skip'):
     raise JaxgenError(f'train.nonfinite={train_cfg.nonfinite!r} must be stop or skip.')
+  skip = train_cfg.nonfinite == 'skip'
+  if hasattr(model, 'train_fns'):  # a family with its own step (a GAN: two players, two optimizers)
+    create_state, step_fn = model.train_fns(train_cfg.ema_decay, skip)
+  else:
+    optimizer = make_optimizer(config_lib.section(config, 'optim', OptimConfig))
+    create_state = functools.partial(create_train_state, optimizer=optimizer)
+    step_fn = make_train_step(model.loss, optimizer, train_cfg.ema_decay, skip_nonfinite=skip)
   mesh = mesh or mesh_lib.make_mesh(fsdp=train_cfg.fsdp)
   mesh_lib.check_batch_size(train_cfg.batch_size, mesh)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
 
   def init_fn() -> TrainState:
     params = model.init(rng_init, example_batch(spec.image_shape))
-    return create_train_state(params, optimizer, rng_train)
+    return create_state(params, rng=rng_train)
 
   shapes = jax.eval_shape(init_fn)
   shardings = mesh_lib.state_shardings(shapes, mesh)
   abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                           shapes, shardings)
   return Setup(config, train_cfg, model, mesh, jax.jit(init_fn, out_shardings=shardings),
-               abstract, shardings, optimizer)
+               abstract, shardings, step_fn)
 
 
 def compile_train_step(s: Setup, wrap=lambda f: f):
@@ -114,9 +121,7 @@ def compile_train_step(s: Setup, wrap=lambda f: f):
 
   `wrap` decorates the pure step before jit (tests pass a trace counter).
   """
-  step = make_train_step(s.model.loss, s.optimizer, s.train.ema_decay,
-                         skip_nonfinite=s.train.nonfinite == 'skip')
-  return mesh_lib.jit_train_step(wrap(step), s.mesh, s.state_sharding)
+  return mesh_lib.jit_train_step(wrap(s.step_fn), s.mesh, s.state_sharding)
 
 
 @contextlib.contextmanager
