@@ -2,7 +2,9 @@
 
     jaxgen train  --config experiments/NAME.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
     jaxgen sample --workdir DIR --num N --out FILE.npz|FILE.png [--sampler ddpm|ddim] [--steps K] ...
+    jaxgen eval   --workdir DIR --metrics fid,bpd ...
     jaxgen info   --config experiments/NAME.py[:ARG] [--config.KEY=VALUE ...]
+    jaxgen palette --dataset NAME --colors K --out FILE.npy
 
 Bad input is reported in one sentence on stderr with exit status 2, before
 anything is written.
@@ -16,6 +18,7 @@ from typing import Sequence
 from jaxgen.errors import JaxgenError
 
 CONFIG_PREFIX = '--config.'
+SAMPLERS = ('ddpm', 'ddim', 'cached', 'naive')  # diffusion; autoregressive
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -34,7 +37,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='jaxgen', description='Train, sample and inspect generative image models (JAX/Flax).')
-  sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample,eval,info}')
+  sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample,eval,info,palette}')
 
   train = sub.add_parser(
       'train', help='train a model from an experiment config',
@@ -61,14 +64,16 @@ def _parser() -> argparse.ArgumentParser:
   sample.add_argument('--workdir', required=True, help='a run directory written by jaxgen train')
   sample.add_argument('--num', type=int, required=True, help='number of images')
   sample.add_argument('--out', required=True, metavar='FILE.npz|FILE.png', help='output file')
-  sample.add_argument('--sampler', choices=('ddpm', 'ddim'), default=None,
-                      help="diffusion sampler (default: the config's)")
+  sample.add_argument('--sampler', choices=SAMPLERS, default=None,
+                      help="diffusion: ddpm|ddim; autoregressive: cached|naive (default: the config's)")
+  sample.add_argument('--temperature', type=float, default=None,
+                      help="autoregressive: logits divided by it (default: the config's)")
   sample.add_argument('--steps', type=int, default=None, help='DDIM steps (default: the config\'s)')
   sample.add_argument('--eta', type=float, default=None, help='DDIM noise scale (0: deterministic)')
   sample.add_argument('--truncation', type=float, default=None,
                       help='StyleGAN2 truncation psi (1: none; default: the config\'s)')
   sample.add_argument('--label', type=int, default=None,
-                      help='class of a conditional GAN\'s samples (-1: cycle through the classes)')
+                      help='class of a conditional model\'s samples (-1: cycle through the classes)')
   sample.add_argument('--show', default='samples',
                       choices=('samples', 'reconstructions', 'interpolations', 'manifold'),
                       help='samples from the prior (any family, default); vae family, as a .png: '
@@ -102,11 +107,13 @@ def _parser() -> argparse.ArgumentParser:
                   help='number of samples (default 10000 with --workdir, all images with --fake)')
   ev.add_argument('--batch', type=int, default=256, help='images per compiled sampling call')
   ev.add_argument('--seed', type=int, default=0, help='sampling seed')
-  ev.add_argument('--sampler', choices=('ddpm', 'ddim'), default=None, help='diffusion sampler')
+  ev.add_argument('--sampler', choices=SAMPLERS, default=None,
+                  help='diffusion: ddpm|ddim; autoregressive: cached|naive')
+  ev.add_argument('--temperature', type=float, default=None, help='autoregressive: logit temperature')
   ev.add_argument('--steps', type=int, default=None, help='DDIM steps')
   ev.add_argument('--eta', type=float, default=None, help='DDIM noise scale')
   ev.add_argument('--truncation', type=float, default=None, help='StyleGAN2 truncation psi')
-  ev.add_argument('--label', type=int, default=None, help='conditional GAN: class of the samples')
+  ev.add_argument('--label', type=int, default=None, help='conditional models: class of the samples')
   ev.add_argument('--iwae-samples', type=int, default=None, metavar='K',
                   help='with bpd, vae family: importance samples of the IWAE bound (default 1: the ELBO)')
   ev.add_argument('--dataset', default='mnist', help='with train-features: the dataset (mnist)')
@@ -117,6 +124,18 @@ def _parser() -> argparse.ArgumentParser:
       description='Build the model of --config without training it and print its parameter count, '
                   'the FLOPs of one network evaluation per image (XLA cost analysis), and per sample.')
   info.add_argument('--config', required=True, metavar='FILE.py[:ARG]', help='experiment config file')
+
+  pal = sub.add_parser(
+      'palette', help='k-means colour palette of a dataset (for ImageGPT-style models)',
+      description="Cluster --num-pixels pixels drawn from the dataset's train split into --colors "
+                  'colours (k-means) and write them [K, C] to --out FILE.npy, for '
+                  '--config.model.palette_file of a transformer with model.pixels=palette.')
+  pal.add_argument('--dataset', required=True, help='dataset name (cifar10, mnist, ...)')
+  pal.add_argument('--colors', type=int, default=512, help='palette size K (default 512, as ImageGPT)')
+  pal.add_argument('--out', required=True, metavar='FILE.npy', help='output file')
+  pal.add_argument('--num-pixels', type=int, default=1_000_000, help='pixels to cluster (default 1e6)')
+  pal.add_argument('--iters', type=int, default=20, help='k-means iterations (default 20)')
+  pal.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
   return parser
 
 
@@ -136,7 +155,7 @@ def _train(args, overrides) -> None:
 def _sample_options(args) -> dict:
   """The sampling options given on the command line (those left out keep the config's)."""
   given = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, truncation=args.truncation,
-               label=args.label)
+               label=args.label, temperature=args.temperature)
   return {k: v for k, v in given.items() if v is not None}
 
 
@@ -227,6 +246,26 @@ def _info(args, overrides) -> None:
     print(f'FLOPs per sample: {flops * evals / 1e12:.3f} TFLOP ({evals} evaluations, default sampler)')
 
 
+def _palette(args) -> None:
+  if not args.out.endswith('.npy'):
+    raise JaxgenError(f'--out must end in .npy, got {args.out!r}.')
+  if args.colors < 2 or args.num_pixels < args.colors or args.iters < 1:
+    raise JaxgenError(f'need --colors >= 2, --num-pixels >= --colors and --iters >= 1; got '
+                      f'{args.colors}, {args.num_pixels} and {args.iters}.')
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxgen import images as images_lib  # pylint: disable=g-import-not-at-top
+  from jaxgen.autoregressive import palette  # pylint: disable=g-import-not-at-top
+  colors = palette.dataset_palette(args.dataset, args.colors, num_pixels=args.num_pixels,
+                                   iters=args.iters, seed=args.seed)
+
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.save(f, colors)
+
+  images_lib.atomic_write(args.out, write)
+  print(f'Wrote a {len(colors)}-colour palette of {args.dataset} to {args.out}.')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
@@ -240,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       _sample(args)
     elif args.command == 'eval':
       _eval(args)
+    elif args.command == 'palette':
+      _palette(args)
     else:
       _info(args, overrides)
   except JaxgenError as e:

@@ -33,6 +33,7 @@ FAMILIES = {
     'diffusion': 'jaxgen.diffusion.model',
     'vae': 'jaxgen.vae.model',
     'gan': 'jaxgen.gan.model',
+    'autoregressive': 'jaxgen.autoregressive.model',
 }
 
 

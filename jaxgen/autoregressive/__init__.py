@@ -1,0 +1,1 @@
+"""The autoregressive family: PixelCNN, gated PixelCNN, PixelCNN++ and an ImageGPT-style transformer."""
