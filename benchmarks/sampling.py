@@ -5,7 +5,9 @@
     python -m benchmarks.sampling --config experiments/vae_mnist.py --batch 1024
 
 Parameters are random (speed does not depend on them). Diffusion models are
-timed per sampler ('ddpm' over all T steps, 'ddim' over --ddim-steps); every
+timed per sampler ('ddpm' over all T steps, 'ddim' over --ddim-steps);
+autoregressive models per sampler ('cached', 'naive': one step per position),
+checking that both draw the same images for the same key; every
 other family through its own `sample` (sampler 'model'). Each sampler is the
 library's compiled `lax.scan` program. With --time-steps N, a DDPM chain is
 timed over its first N steps (the same step function in the same kind of scan)
@@ -96,12 +98,14 @@ def bench(model, params, family: str, sampler: str, batch: int, dtype: str | Non
     fn, timed_evals, chain_evals = diffusion_program(model, sampler, batch, args.ddim_steps,
                                                      args.time_steps)
   else:
-    fn, timed_evals = (lambda p, r: model.sample(p, r, batch)), model.evaluations_per_sample()
-    chain_evals = timed_evals
+    opts = {} if sampler == 'model' else {'sampler': sampler}
+    fn = lambda p, r: model.sample(p, r, batch, **opts)  # noqa: E731
+    timed_evals = chain_evals = model.evaluations_per_sample(**opts)
   compiled, compile_s = common.compile_aot(fn, params, rng)
   seconds = common.median_seconds(lambda: compiled(params, rng), args.repeats, args.warmup)
   chain_s = seconds * chain_evals / timed_evals
-  flops = model.forward_flops()
+  # A cached autoregressive step computes one position, not a whole network evaluation.
+  flops = None if sampler == 'cached' else model.forward_flops()
   row = dict(family=family, sampler=sampler, batch=batch, steps=chain_evals,
              timed_steps=timed_evals, dtype=dtype or 'config',
              images_per_s=batch / chain_s, ms_per_step=1e3 * seconds / timed_evals,
@@ -120,6 +124,7 @@ def bench(model, params, family: str, sampler: str, batch: int, dtype: str | Non
                                                timed_evals), args.repeats)
     row.update(loop_images_per_s=batch * timed_evals / chain_evals / loop_s,
                loop_ms_per_step=1e3 * loop_s / timed_evals, scan_speedup=loop_s / seconds)
+  row['_images'] = np.asarray(compiled(params, rng))  # for the same-images check; not written
   return row
 
 
@@ -171,7 +176,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     config, model, params = load_model(args.config, dtype, args.set)
     family = config.family
     names = (args.samplers.split(',') if args.samplers
-             else ['ddim', 'ddpm'] if family == 'diffusion' else ['model'])
+             else ['ddim', 'ddpm'] if family == 'diffusion'
+             else ['cached', 'naive'] if family == 'autoregressive' else ['model'])
+    first_images = {}  # batch -> (sampler, images) of the first sampler timed at that batch
     for sampler in names:
       for batch in (int(b) for b in args.batch.split(',')):
         if deadline.passed():
@@ -179,6 +186,13 @@ def main(argv: list[str]) -> dict[str, Any]:
           print(f'{sampler:6} {batch:6d} skipped: past the deadline', flush=True)
           continue
         row = bench(model, params, family, sampler, batch, dtype, args)
+        images = row.pop('_images')
+        if family == 'autoregressive':
+          other, theirs = first_images.setdefault(batch, (sampler, images))
+          if other != sampler:
+            row.update(same_images_as=other, same_images=bool(np.array_equal(images, theirs)))
+            print(f'{sampler} and {other} at batch {batch} draw the same images: '
+                  f'{row["same_images"]}', flush=True)
         record['results'].append(row)
         print_row(row)
         common.write_json(args.json, record)

@@ -21,8 +21,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = dict(name='cifar10', random_flip=True)
   config.model = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                       dropout=0.1, num_classes=0, dtype='float32')
-  config.diffusion = dict(schedule='linear', num_timesteps=1000, beta_start=1e-4, beta_end=0.02)
-  config.sample = dict(sampler='ddpm', steps=0, eta=0.0, variance='fixedlarge', clip_x0=True)
+  # prediction: 'eps' | 'x0' | 'v'; label_dropout > 0 (with model.num_classes) enables guidance.
+  config.diffusion = dict(schedule='linear', num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                          prediction='eps', label_dropout=0.0)
+  config.sample = dict(sampler='ddpm', steps=0, eta=0.0, variance='fixedlarge', clip_x0=True,
+                       label=-1, guidance=1.0)
   config.optim = dict(lr=2e-4, warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                       grad_clip=1.0)
   config.train = dict(batch_size=128, num_steps=800_000, ema_decay=0.9999, log_every=100,

@@ -19,9 +19,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 28x28 -> 14x14 -> 7x7; attention at 7x7 and in the middle.
   config.model = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,),
                       dropout=0.0, num_classes=0, dtype='float32')
-  config.diffusion = dict(schedule='linear', num_timesteps=1000, beta_start=1e-4, beta_end=0.02)
+  # prediction: 'eps' | 'x0' | 'v'; label_dropout > 0 (with model.num_classes) enables guidance.
+  config.diffusion = dict(schedule='linear', num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                          prediction='eps', label_dropout=0.0)
   # Stochastic DDIM (eta=1): at this training budget eta=0 leaves speckled backgrounds.
-  config.sample = dict(sampler='ddim', steps=100, eta=1.0, variance='fixedlarge', clip_x0=True)
+  config.sample = dict(sampler='ddim', steps=100, eta=1.0, variance='fixedlarge', clip_x0=True,
+                       label=-1, guidance=1.0)
   config.optim = dict(lr=2e-3, warmup_steps=200, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                       grad_clip=1.0)
   # About 15 minutes on a 2-core CPU (~0.3 s per step).

@@ -1,7 +1,7 @@
 """The `jaxgen` command line: a thin layer that parses flags and calls the library.
 
     jaxgen train  --config experiments/NAME.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
-    jaxgen sample --workdir DIR --num N --out FILE.npz|FILE.png [--sampler ddpm|ddim] [--steps K] ...
+    jaxgen sample --workdir DIR --num N --out FILE.npz|FILE.png [--sampler ddpm|ddim|dpmpp2m|heun] ...
     jaxgen eval   --workdir DIR --metrics fid,bpd ...
     jaxgen info   --config experiments/NAME.py[:ARG] [--config.KEY=VALUE ...]
     jaxgen palette --dataset NAME --colors K --out FILE.npy
@@ -18,7 +18,7 @@ from typing import Sequence
 from jaxgen.errors import JaxgenError
 
 CONFIG_PREFIX = '--config.'
-SAMPLERS = ('ddpm', 'ddim', 'cached', 'naive')  # diffusion; autoregressive
+SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m', 'heun', 'cached', 'naive')  # diffusion; autoregressive
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -65,10 +65,15 @@ def _parser() -> argparse.ArgumentParser:
   sample.add_argument('--num', type=int, required=True, help='number of images')
   sample.add_argument('--out', required=True, metavar='FILE.npz|FILE.png', help='output file')
   sample.add_argument('--sampler', choices=SAMPLERS, default=None,
-                      help="diffusion: ddpm|ddim; autoregressive: cached|naive (default: the config's)")
+                      help="diffusion: ddpm|ddim|dpmpp2m|heun; autoregressive: cached|naive "
+                           "(default: the config's)")
   sample.add_argument('--temperature', type=float, default=None,
                       help="autoregressive: logits divided by it (default: the config's)")
-  sample.add_argument('--steps', type=int, default=None, help='DDIM steps (default: the config\'s)')
+  sample.add_argument('--steps', type=int, default=None,
+                      help='ddim/dpmpp2m/heun timesteps K (heun: 2K-1 evaluations; default: the config\'s)')
+  sample.add_argument('--guidance', type=float, default=None,
+                      help='diffusion: classifier-free guidance scale (1: none; needs a model trained '
+                           'with diffusion.label_dropout > 0)')
   sample.add_argument('--eta', type=float, default=None, help='DDIM noise scale (0: deterministic)')
   sample.add_argument('--truncation', type=float, default=None,
                       help='StyleGAN2 truncation psi (1: none; default: the config\'s)')
@@ -83,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
   sample.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
   sample.add_argument('--batch', type=int, default=256, help='images per compiled call (default 256)')
   sample.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
+  sample.add_argument('--params', choices=('ema', 'raw'), default='ema',
+                      help='EMA parameters (default) or the raw trained ones (short runs)')
 
   ev = sub.add_parser(
       'eval', help='evaluate a run or a sample file (FID, KID, IS, precision/recall)',
@@ -107,10 +114,13 @@ def _parser() -> argparse.ArgumentParser:
                   help='number of samples (default 10000 with --workdir, all images with --fake)')
   ev.add_argument('--batch', type=int, default=256, help='images per compiled sampling call')
   ev.add_argument('--seed', type=int, default=0, help='sampling seed')
+  ev.add_argument('--params', choices=('ema', 'raw'), default='ema',
+                  help='with --workdir: EMA parameters (default) or the raw trained ones (short runs)')
   ev.add_argument('--sampler', choices=SAMPLERS, default=None,
-                  help='diffusion: ddpm|ddim; autoregressive: cached|naive')
+                  help='diffusion: ddpm|ddim|dpmpp2m|heun; autoregressive: cached|naive')
   ev.add_argument('--temperature', type=float, default=None, help='autoregressive: logit temperature')
-  ev.add_argument('--steps', type=int, default=None, help='DDIM steps')
+  ev.add_argument('--steps', type=int, default=None, help='ddim/dpmpp2m/heun timesteps')
+  ev.add_argument('--guidance', type=float, default=None, help='diffusion: classifier-free guidance scale')
   ev.add_argument('--eta', type=float, default=None, help='DDIM noise scale')
   ev.add_argument('--truncation', type=float, default=None, help='StyleGAN2 truncation psi')
   ev.add_argument('--label', type=int, default=None, help='conditional models: class of the samples')
@@ -155,7 +165,7 @@ def _train(args, overrides) -> None:
 def _sample_options(args) -> dict:
   """The sampling options given on the command line (those left out keep the config's)."""
   given = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, truncation=args.truncation,
-               label=args.label, temperature=args.temperature)
+               label=args.label, temperature=args.temperature, guidance=args.guidance)
   return {k: v for k, v in given.items() if v is not None}
 
 
@@ -169,7 +179,7 @@ def _sample(args) -> None:
     raise JaxgenError(f'--num and --batch must be positive, got {args.num} and {args.batch}.')
   if args.show != 'samples' and ext != '.png':
     raise JaxgenError(f'--show {args.show} writes a picture; use --out FILE.png.')
-  run = load_run(args.workdir, args.step)
+  run = load_run(args.workdir, args.step, args.params)
   if args.show == 'interpolations' and run.config.family == 'gan':
     import jax  # pylint: disable=g-import-not-at-top
     options = _sample_options(args)
@@ -218,7 +228,7 @@ def _eval(args) -> None:
                                    num=args.num)
   else:
     from jaxgen.run import load_run  # pylint: disable=g-import-not-at-top
-    run = load_run(args.workdir)
+    run = load_run(args.workdir, params=args.params)
     options = _sample_options(args)
     run.model.sample_options(**options)
     result = evaluate.evaluate_run(run, metrics=metrics, num=args.num or 10_000, features=args.features,

@@ -25,13 +25,14 @@ from jaxgen.train import checkpoint, mesh as mesh_lib, trainer
 
 @dataclasses.dataclass
 class Run:
-  """A trained run, ready to sample. `params` are the EMA parameters."""
+  """A trained run, ready to sample. `params` are the EMA parameters (or the raw ones)."""
   workdir: str
   config: ml_collections.ConfigDict
   model: families.Model
   step: int
   params: Any
   mesh: jax.sharding.Mesh
+  params_kind: str = 'ema'  # 'ema' or 'raw': which parameters `params` holds
   _compiled: dict[Any, Callable[..., jax.Array]] = dataclasses.field(default_factory=dict, repr=False)
 
   def _sampler(self, num: int, **options: Any) -> Callable[..., jax.Array]:
@@ -73,11 +74,17 @@ class Run:
                                                   **options)))
 
 
-def load_run(workdir: str, step: int | None = None) -> Run:
+def load_run(workdir: str, step: int | None = None, params: str = 'ema') -> Run:
   """Loads the run in `workdir` at its newest readable checkpoint (or at `step`).
 
-  The parameters are replicated over all local devices, whatever mesh wrote them.
+  `params` 'ema' (default) takes the exponential moving average of the
+  parameters, 'raw' the trained parameters themselves (for short runs, whose
+  EMA still carries much of the initialisation: decay 0.999 keeps 0.999^n of it
+  after n steps). They are replicated over all local devices, whatever mesh
+  wrote them.
   """
+  if params not in ('ema', 'raw'):
+    raise JaxgenError(f'--params must be ema or raw, got {params!r}.')
   setups = []
 
   def abstract_state(config: ml_collections.ConfigDict):
@@ -89,4 +96,5 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     raise JaxgenError(f'no checkpoint in {checkpoint.checkpoint_dir(workdir)}; '
                       f'train first with `jaxgen train --config ... --workdir {workdir}`.')
   s = setups[-1]  # the setup of the checkpoint that was read
-  return Run(workdir, restored.config, s.model, restored.step, restored.state.ema_params, s.mesh)
+  chosen = restored.state.ema_params if params == 'ema' else restored.state.params
+  return Run(workdir, restored.config, s.model, restored.step, chosen, s.mesh, params_kind=params)

@@ -27,6 +27,7 @@ def test_paper_unet_flops_match_the_peer_count():
   assert model.forward_flops() / 1e9 == pytest.approx(12.11, rel=0.05)
 
 
+@pytest.mark.slow
 def test_harness_smoke_and_summary(tmp_path):
   out = str(tmp_path)
   sampling.main(['--config', SMOKE, '--samplers', 'ddpm', '--batch', '2', '--time-steps', '2',
@@ -68,9 +69,14 @@ def test_harness_smoke_and_summary(tmp_path):
 
 
 def test_sampling_benchmark_runs_any_family(tmp_path):
-  record = sampling.main(['--config', 'experiments/vae_mnist.py:smoke', '--batch', '4', '--repeats', '1'])
-  (row,) = record['results']
-  assert row['family'] == 'vae' and row['sampler'] == 'model' and row['images_per_s'] > 0
+  # The autoregressive family: cached and naive side by side, checked to draw the same images.
+  record = sampling.main(['--config', 'experiments/pixelcnn_mnist.py:smoke', '--batch', '1',
+                          '--repeats', '1', '--warmup', '0'])
+  cached, naive = record['results']
+  assert (cached['family'], cached['sampler'], naive['sampler']) == ('autoregressive', 'cached', 'naive')
+  assert naive['same_images_as'] == 'cached' and naive['same_images'] is True
+  assert cached['steps'] == naive['steps'] == 784 and cached['images_per_s'] > 0
+  assert 'tflops_per_s' not in cached and naive['tflops_per_s'] > 0  # FLOPs only for whole-network steps
 
 
 def test_peer_runs_when_installed():

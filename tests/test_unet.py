@@ -40,18 +40,22 @@ def test_shapes_and_dropout(num_classes):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
   t = jnp.array([3, 500])
   y = jnp.array([1, 2]) if num_classes else None
-  params = unet.init(jax.random.PRNGKey(1), x, t, y)['params']
+  # Compiled, not op by op: an eager UNet compiles every distinct op once (most of this test's time).
+  params = jax.jit(unet.init)(jax.random.PRNGKey(1), x, t, y)['params']
   # The last layer starts at zero (identity residual branches), so perturb params.
   params = jax.tree.map(lambda p: p + 0.01 * jnp.ones_like(p), params)
-  out = unet.apply({'params': params}, x, t, y)
+  apply = jax.jit(lambda p, x, t, y, train=False, rng=None: unet.apply(
+      {'params': p}, x, t, y, train=train, rngs={'dropout': rng} if train else None),
+      static_argnames='train')
+  out = apply(params, x, t, y)
   assert out.shape == x.shape and out.dtype == jnp.float32
   assert np.isfinite(np.asarray(out)).all()
-  again = unet.apply({'params': params}, x, t, y)
+  again = apply(params, x, t, y)
   np.testing.assert_array_equal(out, again)  # eval mode is deterministic
-  train = unet.apply({'params': params}, x, t, y, train=True, rngs={'dropout': jax.random.PRNGKey(2)})
+  train = apply(params, x, t, y, train=True, rng=jax.random.PRNGKey(2))
   assert not np.allclose(out, train)  # dropout is on in training
   if num_classes:
-    other = unet.apply({'params': params}, x, t, jnp.array([5, 6]))
+    other = apply(params, x, t, jnp.array([5, 6]))
     assert not np.allclose(out, other)  # labels change the prediction
 
 

@@ -245,7 +245,9 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
   """
   metrics = parse_metrics(metrics)
   dataset = run.config.data.name
-  result = dict(workdir=os.path.abspath(run.workdir), step=run.step, seed=seed, metrics={})
+  params_kind = getattr(run, 'params_kind', 'ema')
+  result = dict(workdir=os.path.abspath(run.workdir), step=run.step, params=params_kind, seed=seed,
+                metrics={})
   sample_metrics = tuple(m for m in metrics if m not in MODEL_METRICS)
   if sample_metrics:
     batches = run.iter_generate(num, seed=seed, batch=batch, progress=True, **sample_options)
@@ -263,7 +265,8 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
     result.update(recon)
   if write:
     # The metric set is in the name, so evaluating bpd does not overwrite an FID result.
-    name = '-'.join(metrics) + (f'-iwae{iwae_samples}' if iwae_samples else '')
+    name = '-'.join(metrics) + (f'-iwae{iwae_samples}' if iwae_samples else '') + \
+        ('-raw' if params_kind == 'raw' else '')
     _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}_{name}.json'), result)
   return result
 

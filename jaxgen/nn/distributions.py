@@ -1,8 +1,10 @@
-"""Log-likelihoods and KL divergences shared by the families, all elementwise.
+"""Log-likelihoods and KL divergences shared by the families, and the mixture sampler.
 
 Images are float in [-1, 1]; 8-bit data sits on the 256 levels -1 + 2k/255.
-Every function returns log-densities (or KLs) of the shape of its inputs: the
-caller sums over the dimensions it wants.
+The elementwise functions return log-densities (or KLs) of the shape of their
+inputs: the caller sums over the dimensions it wants. The discretized logistic
+mixture (PixelCNN++) is per pixel: it couples the channels, so it takes
+[..., C] pixels and returns [...].
 """
 
 import jax
