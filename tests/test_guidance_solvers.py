@@ -376,6 +376,7 @@ def test_solver_is_one_scan_that_traces_once(sampler, evals):
 # ---------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # compiles a UNet three times; the pieces are checked above without one
 def test_v_prediction_label_dropout_trains_and_samples_guided(mnist_env, tmp_path):
   from jaxgen.train import trainer  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'ddpm_v_cfg')
