@@ -172,6 +172,7 @@ def test_train_resume_sample_evaluate(mnist_env, tmp_path, capsys, name):
       result['metrics']['bits/dim'] * 784 * math.log(2), rel=1e-6)
 
 
+@pytest.mark.slow  # CI time: a VQ-VAE run and a transformer compile (~30 s)
 def test_transformer_over_vq_vae_tokens(mnist_env, tmp_path):
   """pixels='tokens': the transformer models a VQ-VAE's codes through its public encode/decode."""
   vq_dir = str(tmp_path / 'vq')
@@ -192,6 +193,8 @@ def test_transformer_over_vq_vae_tokens(mnist_env, tmp_path):
     model.nll(params, batch, jax.random.PRNGKey(0))
 
 
+@pytest.mark.slow  # CI time: PixelCNN++ inside a scan compiles for ~40 s; the mixture
+# sampler itself is checked in test_logistic_mixture.py
 def test_pixelcnnpp_samples_lie_on_the_8bit_grid():
   """PixelCNN++'s sampler (naive, pixel by pixel, all channels at once): 8-bit values, one key
   one image."""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 import numpy as np
 
 from jaxgen import config as config_lib
@@ -68,6 +69,7 @@ def test_two_processes_match_one_process_and_restore_in_one(mnist_env, tmp_path)
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
 
 
+@pytest.mark.slow  # CI time: two processes (~50 s); test_preemption covers one process
 def test_sigterm_to_one_process_stops_both_at_one_step(mnist_env, tmp_path):
   import signal
   import time

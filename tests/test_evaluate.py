@@ -59,6 +59,8 @@ def blurred(images, passes):
   return np.round(x).astype(np.uint8)
 
 
+@pytest.mark.slow  # CI time: ~110 s; real-data FID is still exercised by
+# test_dropping_half_the_classes_keeps_precision_and_loses_recall
 def test_fid_small_for_real_data_and_grows_with_damage(test_split, tmp_path):
   images, _ = test_split
   runs = {'clean': images}

@@ -72,6 +72,7 @@ def leaves_equal(a, b):
   return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow  # CI time: three meshes, ~100 s
 def test_elastic_restore_between_mesh_shapes(mnist_env, tmp_path):
   overrides = ['train.num_steps=6', 'train.checkpoint_every=6', 'train.sample_every=0',
                'train.log_every=6']

@@ -28,7 +28,7 @@ def _setup(name: str, overrides=()):
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.uniform(-1, 1, (8, 28, 28, 1)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 10, (8,)), jnp.int32)}
-  params = model.init(jax.random.PRNGKey(0), batch)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch)  # compiled: eager init compiles op by op
   return config, model, params, batch
 
 
@@ -49,9 +49,9 @@ def test_ttur_each_player_uses_its_own_adam():
     assert max(float(x) for x in jax.tree.leaves(delta)) == pytest.approx(lr, rel=1e-3)
   # And exactly optax's update for the discriminator's gradients (recomputed here).
   tx_d = optax.adam(config.gan.lr_d, b1=config.gan.b1_d, b2=config.gan.b2_d, eps=1e-8)
-  d_vars, d_opt, _ = model.d_update(tx_d, state.params['generator'], state.params['discriminator'],
-                                    state.opt_state['discriminator'], batch,
-                                    jax.random.fold_in(jax.random.fold_in(state.rng, 0), 0), state.step)
+  d_vars, d_opt, _ = jax.jit(lambda *a: model.d_update(tx_d, *a))(
+      state.params['generator'], state.params['discriminator'], state.opt_state['discriminator'],
+      batch, jax.random.fold_in(jax.random.fold_in(state.rng, 0), 0), state.step)
   np.testing.assert_allclose(ravel_pytree(d_vars['params'])[0],
                              ravel_pytree(new.params['discriminator']['params'])[0],
                              rtol=1e-5, atol=1e-7)
@@ -59,9 +59,9 @@ def test_ttur_each_player_uses_its_own_adam():
   # Each update moves its own player (both are pure: the other player's weights are inputs only).
   assert not _tree_equal(d_vars['params'], state.params['discriminator']['params'])
   tx_g = optax.adam(config.gan.lr_g)
-  g_vars, _, _, _ = model.g_update(tx_g, state.params['generator'], d_vars,
-                                   tx_g.init(state.params['generator']['params']), batch,
-                                   jax.random.PRNGKey(3), state.step, state.params['pl_mean'])
+  g_vars, _, _, _ = jax.jit(lambda *a: model.g_update(tx_g, *a))(
+      state.params['generator'], d_vars, tx_g.init(state.params['generator']['params']), batch,
+      jax.random.PRNGKey(3), state.step, state.params['pl_mean'])
   assert not _tree_equal(g_vars['params'], state.params['generator']['params'])
 
 

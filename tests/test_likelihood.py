@@ -66,6 +66,7 @@ def test_bound_of_a_point_mass_with_its_exact_denoiser(variance):
   np.testing.assert_allclose(prior, prior_want, rtol=1e-4)
 
 
+@pytest.mark.slow  # CI time: ~40 s; the bound is checked above, the CLI path by the AR and VAE e2e tests
 def test_bound_through_the_cli(mnist_env, tmp_path, capsys):
   import json, os
   from jaxgen import cli

@@ -215,6 +215,7 @@ def test_injected_nan_stops_naming_the_step(mnist_env, tmp_path, monkeypatch):
   assert checkpoint.latest_step(workdir) == 4
 
 
+@pytest.mark.slow  # CI time: ~33 s; the stopping path is checked in CI
 def test_injected_nan_is_skipped_and_counted(mnist_env, trained, tmp_path, monkeypatch, capsys):
   nan_at_step(monkeypatch, 7)
   workdir = str(tmp_path / 'nan_skip')

@@ -63,9 +63,10 @@ def test_bfloat16_compute_keeps_float32_params():
   cfg = UNetConfig(**{**TINY.__dict__, 'dtype': 'bfloat16'})
   unet = UNet(cfg)
   x = jnp.ones((1, 8, 8, 3))
-  params = unet.init(jax.random.PRNGKey(0), x, jnp.zeros((1,), jnp.int32))['params']
+  params = jax.jit(unet.init)(jax.random.PRNGKey(0), x, jnp.zeros((1,), jnp.int32))['params']
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype('float32')}
-  assert unet.apply({'params': params}, x, jnp.zeros((1,), jnp.int32)).dtype == jnp.float32
+  out = jax.jit(lambda p: unet.apply({'params': p}, x, jnp.zeros((1,), jnp.int32)))(params)
+  assert out.dtype == jnp.float32
 
 
 def test_image_size_must_divide():
