@@ -316,7 +316,8 @@ def _load_palette(cfg: ARConfig, image_shape: tuple[int, int, int]) -> np.ndarra
       raise JaxgenError(f'model.palette_file {cfg.palette_file!r} cannot be read; write it with '
                         f'`jaxgen palette --dataset NAME --out {cfg.palette_file}`.') from None
     if palette.ndim != 2 or palette.shape[1] != c:
-      raise JaxgenError(f'model.palette_file holds colours of shape {palette.shape}; this dataset needs [V, {c}].')
+      raise JaxgenError(f'model.palette_file holds colours of shape {palette.shape}; '
+                        f'this dataset needs [V, {c}].')
     return palette
   if c != 1:
     raise JaxgenError('an RGB palette is k-means colours: run `jaxgen palette` and set model.palette_file.')

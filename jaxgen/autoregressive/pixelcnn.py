@@ -48,7 +48,8 @@ class _Head(nn.Module):
 
   def setup(self):
     self.fc1 = WindowConv(self.in_features, self.hidden, (1, 1), (0, 0), 'B', self.channels, self.dtype)
-    self.fc2 = WindowConv(self.hidden, self.values * self.channels, (1, 1), (0, 0), 'B', self.channels, self.dtype)
+    self.fc2 = WindowConv(self.hidden, self.values * self.channels, (1, 1), (0, 0), 'B', self.channels,
+                          self.dtype)
 
   def __call__(self, h: jax.Array) -> jax.Array:
     """h [..., F] -> logits [..., C, K]."""
@@ -183,12 +184,14 @@ class GatedPixelCNN(nn.Module):
   def setup(self):
     f2, groups = 2 * self.features, self.channels
     ks = [self.kernel] + [self.kernel_rest] * (self.num_layers - 1)
-    self.vconv = [WindowConv(self.channels if n == 0 else self.features, f2, (k // 2 + 1, k), (k // 2, k // 2), None, groups, self.dtype)
+    fin = lambda n: self.channels if n == 0 else self.features  # noqa: E731 (the image feeds layer 0)
+    self.vconv = [WindowConv(fin(n), f2, (k // 2 + 1, k), (k // 2, k // 2), None, groups, self.dtype)
                   for n, k in enumerate(ks)]
-    self.hconv = [WindowConv(self.channels if n == 0 else self.features, f2, (1, k // 2 + 1), (0, k // 2), 'A' if n == 0 else 'B', groups, self.dtype)
-                  for n, k in enumerate(ks)]
+    self.hconv = [WindowConv(fin(n), f2, (1, k // 2 + 1), (0, k // 2), 'A' if n == 0 else 'B', groups,
+                             self.dtype) for n, k in enumerate(ks)]
     self.link = [WindowConv(f2, f2, (1, 1), (0, 0), None, groups, self.dtype) for _ in ks]
-    self.res = [WindowConv(self.features, self.features, (1, 1), (0, 0), 'B', groups, self.dtype) for _ in ks[1:]]
+    self.res = [WindowConv(self.features, self.features, (1, 1), (0, 0), 'B', groups, self.dtype)
+                for _ in ks[1:]]
     self.out = _Head(self.features, self.head, self.channels, self.values, self.dtype)
     self.cond = _ClassBias(self.num_classes, self.num_layers, f2)
 

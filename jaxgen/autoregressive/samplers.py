@@ -83,7 +83,8 @@ def conv_cached(net_apply: Callable[..., Any], cache: Any, pad: masked_conv.Pad,
   return jnp.transpose(values, (2, 0, 1, 3))
 
 
-def mixture_naive(params_fn: Callable[[jax.Array], jax.Array], draw: Callable[[jax.Array, jax.Array], jax.Array],
+def mixture_naive(params_fn: Callable[[jax.Array], jax.Array],
+                  draw: Callable[[jax.Array, jax.Array], jax.Array],
                   rng: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
   """Pixel by pixel (all channels at once) with the whole network each time (PixelCNN++).
 
