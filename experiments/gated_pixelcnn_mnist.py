@@ -14,29 +14,15 @@ conditions on the digit (then `jaxgen sample --label 3`). Results:
 benchmarks/results/pixelcnn_mnist.md. `:smoke` shrinks it to seconds.
 """
 
+import os
+
 import ml_collections
+
+from jaxgen import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.family = 'autoregressive'
-  config.seed = 0
-  config.data = dict(name='mnist', random_flip=False)
-  config.model = dict(network='gated', pixels='binary', features=32, num_layers=8, kernel=7,
-                      kernel_rest=3, head=64, num_resnets=5, num_mixtures=10, num_heads=4, dropout=0.0,
-                      palette_levels=16, palette_file='', tokenizer='', num_classes=0, dtype='float32')
-  config.sample = dict(sampler='cached', temperature=1.0, label=-1)
-  config.optim = dict(lr=1e-3, warmup_steps=100, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                      grad_clip=100.0)
-  config.train = dict(batch_size=32, num_steps=3750, ema_decay=0.999, log_every=250,
-                      checkpoint_every=1000, keep_checkpoints=3, sample_every=0, num_grid=16,
-                      eval_every=0, eval_num=1000, eval_metrics='bpd', eval_features='mnist',
-                      keep_best='', fsdp=1, nonfinite='stop')
-  if arg == 'smoke':
-    config.model.update(features=8, num_layers=2, kernel=3, head=8)
-    config.optim.warmup_steps = 2
-    config.train.update(batch_size=8, num_steps=6, log_every=2, checkpoint_every=3,
-                        sample_every=6, num_grid=4)
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; use smoke or nothing.')
+  base = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pixelcnn_mnist.py')
+  config = config_lib.load_config(base + (f':{arg}' if arg else ''))  # pixelcnn_mnist, smoke or not
+  config.model.update(network='gated', num_layers=2 if arg == 'smoke' else 8)
   return config

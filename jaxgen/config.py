@@ -120,3 +120,17 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(tuples(json.loads(text)))
   config.lock()
   return config
+
+
+def sample_options(section: Any, overrides: dict[str, Any], family: str) -> dict[str, Any]:
+  """A family's sampling options: its `config.sample` dataclass as a dict with the non-None
+  `overrides` (command-line flags) applied; an option the family lacks is one sentence."""
+  opts = dataclasses.asdict(section)
+  for key, value in overrides.items():
+    if value is None:
+      continue
+    if key not in opts:
+      raise JaxgenError(f'the {family} family has no sampling option {key!r}; '
+                        f'its options are {", ".join(opts)}.')
+    opts[key] = value
+  return opts

@@ -226,14 +226,7 @@ class ARModel:
 
   def sample_options(self, **overrides: Any) -> dict[str, Any]:
     """Sampling options (sampler, temperature, label): the config's with non-None overrides applied."""
-    opts = dataclasses.asdict(self.sample_config)
-    for key, value in overrides.items():
-      if value is None:
-        continue
-      if key not in opts:
-        raise JaxgenError(f'the autoregressive family has no sampling option {key!r}; '
-                          f'its options are {", ".join(opts)}.')
-      opts[key] = value
+    opts = config_lib.sample_options(self.sample_config, overrides, 'autoregressive')
     if opts['sampler'] not in SAMPLERS:
       raise JaxgenError(f"--sampler must be cached or naive for this family, got {opts['sampler']!r}.")
     if opts['sampler'] == 'cached' and self.config.network == 'pixelcnnpp':

@@ -362,14 +362,7 @@ class GANModel:
 
   def sample_options(self, **overrides: Any) -> dict[str, Any]:
     """Sampling options (truncation, label): the config's with non-None overrides applied."""
-    opts = dataclasses.asdict(self.sample_config)
-    for key, value in overrides.items():
-      if value is None:
-        continue
-      if key not in opts:
-        raise JaxgenError(f'the gan family has no sampling option {key!r}; '
-                          f'its options are {", ".join(opts)}.')
-      opts[key] = value
+    opts = config_lib.sample_options(self.sample_config, overrides, 'gan')
     if opts['truncation'] != 1.0 and self.net_config.arch != 'stylegan2':
       raise JaxgenError('--truncation needs a StyleGAN2 (its running w average); drop it.')
     if opts['label'] >= 0 and not self.conditional:
