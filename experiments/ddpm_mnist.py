@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Stochastic DDIM (eta=1): at this training budget eta=0 leaves speckled backgrounds.
   config.sample = dict(sampler='ddim', steps=100, eta=1.0, variance='fixedlarge', clip_x0=True,
                        label=-1, guidance=1.0)
+  # The noise-conditional classifier of `jaxgen train-classifier` (classifier guidance).
+  config.classifier = dict(width=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+                           lr=1e-3, weight_decay=0.05, steps=1000, batch=64)
   config.optim = dict(lr=2e-3, warmup_steps=200, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                       grad_clip=1.0)
   # About 15 minutes on a 2-core CPU (~0.3 s per step).
@@ -41,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(14,))
     config.diffusion.num_timesteps = 100
     config.sample.update(steps=10)
+    config.classifier.update(ch_mult=(1,), steps=20, batch=8)
     config.optim.warmup_steps = 10
     config.train.update(batch_size=8, num_steps=20, log_every=5, checkpoint_every=10,
                         sample_every=20, num_grid=4)

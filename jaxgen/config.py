@@ -15,6 +15,7 @@ import os
 from typing import Any, Sequence, TypeVar
 
 import ml_collections
+import numpy as np
 
 from jaxgen.errors import JaxgenError
 
@@ -134,3 +135,15 @@ def sample_options(section: Any, overrides: dict[str, Any], family: str) -> dict
                         f'its options are {", ".join(opts)}.')
     opts[key] = value
   return opts
+
+
+def requested_labels(label: int, num: int, num_classes: int) -> np.ndarray:
+  """The classes that `num` samples of a conditional model are drawn for, int32 [num].
+
+  `label` >= 0 asks for that class for every sample; -1 cycles through the
+  classes (sample i gets i % num_classes), the convention of every family's
+  `sample` and what `jaxgen eval --metrics accuracy` compares with.
+  """
+  if label >= 0:
+    return np.full((num,), label, np.int32)
+  return (np.arange(num) % num_classes).astype(np.int32)

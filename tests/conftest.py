@@ -1,5 +1,9 @@
 """Test setup: 8 simulated CPU devices for every test, and the shared MNIST files.
 
+The suite runs in two worker processes (`pytest -n 2 --dist loadfile`, the
+README's command): a file's tests share a worker, so a module fixture (a
+trained smoke run) is built once.
+
 XLA_FLAGS must be set before jax is imported anywhere, hence here. A
 persistent compilation cache, fresh for each test session and inherited by
 the tests' subprocesses, compiles the smoke models once instead of once per
@@ -10,7 +14,10 @@ import os
 import pathlib
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# Optimisation level 0 of XLA's CPU backend: the suite is compile-bound (tiny shapes), and LLVM's
+# optimisation passes were about 40% of its time.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
+                      '--xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jaxgen-test-jit-'))
 
@@ -37,6 +44,9 @@ def mnist_env(tmp_path_factory):
       pytest.fail(message)  # CI always has them: a skip there would hide the end-to-end tests
     pytest.skip(message)
   data_dir = os.environ.get('JAXGEN_DATA_DIR') or str(tmp_path_factory.mktemp('tfds'))
+  worker = os.environ.get('PYTEST_XDIST_WORKER')
+  if worker:  # pytest -n: each worker prepares its own copy (two writers would race)
+    data_dir = os.path.join(data_dir, worker)
   saved = {k: os.environ.get(k) for k in ('JAXGEN_MANUAL_DIR', 'JAXGEN_DATA_DIR')}
   os.environ['JAXGEN_MANUAL_DIR'] = str(md)
   os.environ['JAXGEN_DATA_DIR'] = data_dir

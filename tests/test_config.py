@@ -1,5 +1,6 @@
 """Config loading, overrides and the one-sentence errors for bad keys."""
 
+import numpy as np
 import pytest
 
 from jaxgen import config as config_lib
@@ -65,3 +66,9 @@ def test_json_round_trip_keeps_tuples():
   again = config_lib.from_json(config_lib.to_json(config))
   assert again.model.ch_mult == (1, 2, 2, 2)
   assert again.to_dict() == config_lib.from_json(config_lib.to_json(again)).to_dict()
+
+
+def test_requested_labels_fixed_or_cycling():
+  np.testing.assert_array_equal(config_lib.requested_labels(3, 4, 10), [3, 3, 3, 3])
+  np.testing.assert_array_equal(config_lib.requested_labels(-1, 12, 10),
+                                [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])

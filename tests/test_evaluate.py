@@ -103,6 +103,24 @@ def test_inception_score_analogue_on_real_digits(test_split, tmp_path):
   assert res1['IS (MNIST features)'] < 1.5  # one class only
 
 
+def test_accuracy_against_the_asked_for_labels(test_split, tmp_path):
+  images, labels = test_split
+  path = str(tmp_path / 'labelled.npz')
+  wrong = (labels[:1000] + 1) % 10
+  np.savez(path, images=images[:1000], labels=labels[:1000])
+  right = evaluate.evaluate_npz(path, '', metrics=('accuracy',), features='mnist', write=False)
+  np.savez(path, images=images[:1000], labels=wrong)
+  shifted = evaluate.evaluate_npz(path, '', metrics=('accuracy',), features='mnist', write=False)
+  acc = 'accuracy (MNIST features)'
+  assert right['metrics'][acc] > 0.9 and shifted['metrics'][acc] < 0.05
+  with pytest.raises(JaxgenError, match='"labels" array'):
+    evaluate.evaluate_npz(save(tmp_path / 'x.npz', images[:10]), '', metrics=('accuracy',),
+                          features='mnist', write=False)
+  assert evaluate.compute(('accuracy',), evaluate.FeatureSet(None, np.zeros((3, 2)), np.eye(3)),
+                          evaluate.Extractor('x', '', None, None),
+                          labels=np.array([0, 1, 0]))['accuracy'] == pytest.approx(2 / 3)
+
+
 @pytest.mark.parametrize('content, message', [
     (dict(pictures=np.zeros((4, 28, 28, 1), np.uint8)), 'no key "images"'),
     (dict(images=np.zeros((4, 28, 28), np.uint8)), 'NHWC'),

@@ -240,6 +240,13 @@ class ARModel:
       raise JaxgenError(f"--label must be below {self.config.num_classes}, got {opts['label']}.")
     return opts
 
+  def requested_labels(self, num: int, **options: Any) -> np.ndarray | None:
+    """The classes `sample` draws `num` images of, int32 [num]; None for an unconditional model."""
+    if not self.conditional:
+      return None
+    return config_lib.requested_labels(self.sample_options(**options)['label'], num,
+                                       self.config.num_classes)
+
   def sample(self, params: Any, rng: jax.Array, num: int, *, labels: jax.Array | None = None,
              sharding: Any = None, **options: Any) -> jax.Array:
     """`num` images [num, H, W, C] in [-1, 1], one compiled `lax.scan` over positions.
@@ -250,8 +257,7 @@ class ARModel:
     """
     opts = self.sample_options(**options)
     if self.conditional and labels is None:
-      labels = (jnp.full((num,), opts['label'], jnp.int32) if opts['label'] >= 0
-                else jnp.arange(num, dtype=jnp.int32) % self.config.num_classes)
+      labels = jnp.asarray(self.requested_labels(num, **options))
     label = labels if self.conditional else None
     net, variables = self.network(), {'params': params}
     cached, temperature = opts['sampler'] == 'cached', opts['temperature']

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxgen.diffusion.samplers import EpsFn
 
-# (x_t [B, H, W, C], t int32 [B], y int32 [B]) -> predicted noise [B, H, W, C].
+# (x_t [B, H, W, C], t int32 [B], y int32 [B] or [B, L]) -> predicted noise [B, H, W, C].
 LabelEpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
@@ -29,9 +29,9 @@ def combine(eps_cond: jax.Array, eps_uncond: jax.Array, scale: float | jax.Array
   return (1.0 - scale) * eps_uncond + scale * eps_cond
 
 
-def guided_eps_fn(eps_fn: LabelEpsFn, labels: jax.Array, null_label: int,
+def guided_eps_fn(eps_fn: LabelEpsFn, labels: jax.Array, null_label: int | jax.Array,
                   scale: float | jax.Array) -> EpsFn:
-  """The guided noise predictor (x_t, t) -> eps for class `labels` [B].
+  """The guided noise predictor (x_t, t) -> eps for the conditioning `labels` [B] or [B, L].
 
   Each call makes ONE network call on a batch of 2B: every image twice,
   interleaved [x_0, x_0, x_1, x_1, ...] with labels [y_0, null, y_1, null, ...],
@@ -41,8 +41,11 @@ def guided_eps_fn(eps_fn: LabelEpsFn, labels: jax.Array, null_label: int,
 
   Args:
     eps_fn: the label-taking noise predictor.
-    labels: int32 [B], the classes to guide towards.
-    null_label: the "no label" class (num_classes).
+    labels: int32 [B], the classes to guide towards, or any int32 conditioning
+      [B, ...] such as prompt tokens [B, L].
+    null_label: the "no label" conditioning, broadcast to the shape of `labels`:
+      the null class num_classes, or 0 (an all-padding row, the empty prompt)
+      for tokens.
     scale: the guidance scale w.
 
   Returns:
@@ -51,8 +54,9 @@ def guided_eps_fn(eps_fn: LabelEpsFn, labels: jax.Array, null_label: int,
   def eps(x_t: jax.Array, t: jax.Array) -> jax.Array:
     b = x_t.shape[0]
     pair = lambda a: jnp.repeat(a, 2, axis=0)  # [2B, ...]: a_0, a_0, a_1, a_1, ...
-    y = jnp.stack([labels.astype(jnp.int32), jnp.full((b,), null_label, jnp.int32)], axis=1)  # [B, 2]
-    out = eps_fn(pair(x_t), pair(t), y.reshape(2 * b))  # [2B, H, W, C]
+    null = jnp.broadcast_to(jnp.asarray(null_label, jnp.int32), labels.shape)  # [B, ...]
+    y = jnp.stack([labels.astype(jnp.int32), null], axis=1)  # [B, 2, ...]
+    out = eps_fn(pair(x_t), pair(t), y.reshape(2 * b, *labels.shape[1:]))  # [2B, H, W, C]
     out = out.reshape(b, 2, *out.shape[1:])
     return combine(out[:, 0], out[:, 1], scale)
   return eps

@@ -347,6 +347,46 @@ def ddpm_sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[
   return x
 
 
+# (x_{t_prev} [B, H, W, C], t, t_prev int32 scalars) -> the x_{t_prev} the next step starts from.
+AfterStepFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def ddim_loop(eps_fn: EpsFn, schedule: Schedule, x: jax.Array, timesteps: np.ndarray,
+              prev_timesteps: np.ndarray, rng_loop: jax.Array, *, eta: float | jax.Array = 0.0,
+              clip_x0: bool = True, after_step: AfterStepFn | None = None) -> jax.Array:
+  """DDIM steps from x at timesteps[0] down to prev_timesteps[-1], as one `lax.scan`.
+
+  The loop of `ddim_sample`, shared with the editing functions
+  (`jaxgen.diffusion.editing`), which start elsewhere than pure noise or
+  change the state between steps.
+
+  Args:
+    eps_fn: the noise predictor.
+    schedule: the diffusion schedule (T timesteps).
+    x: [B, H, W, C] float32, the state at timesteps[0].
+    timesteps: int32 [K], strictly decreasing, in [0, T).
+    prev_timesteps: int32 [K], each step's target timestep (-1: clean data).
+    rng_loop: the loop key; step noise comes from fold_in(rng_loop, t).
+    eta: noise scale in [0, 1] (may be traced).
+    clip_x0: clip x0 predictions to [-1, 1], static.
+    after_step: called as after_step(x_prev, t, t_prev) after every step; its
+      result replaces x_prev (None: no change).
+
+  Returns:
+    x at prev_timesteps[-1], [B, H, W, C].
+  """
+
+  def body(x_t, ts):
+    t, t_prev = ts
+    x_prev = ddim_step(eps_fn, schedule, x_t, t, t_prev, rng_loop, eta=eta, clip_x0=clip_x0)
+    if after_step is not None:
+      x_prev = after_step(x_prev, t, t_prev)
+    return x_prev, None
+
+  x, _ = jax.lax.scan(body, x, (jnp.asarray(timesteps), jnp.asarray(prev_timesteps)))
+  return x
+
+
 def ddim_sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[int, ...], *,
                 num_steps: int, eta: float | jax.Array = 0.0, clip_x0: bool = True) -> jax.Array:
   """DDIM sampling over `num_steps` timesteps from `ddim_timesteps` (Song et al. 2021).
@@ -365,13 +405,7 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[
   """
   timesteps, prev_timesteps = ddim_timesteps(schedule.num_timesteps, num_steps)
   x, rng_loop = _init(rng, shape)
-
-  def body(x_t, ts):
-    t, t_prev = ts
-    return ddim_step(eps_fn, schedule, x_t, t, t_prev, rng_loop, eta=eta, clip_x0=clip_x0), None
-
-  x, _ = jax.lax.scan(body, x, (jnp.asarray(timesteps), jnp.asarray(prev_timesteps)))
-  return x
+  return ddim_loop(eps_fn, schedule, x, timesteps, prev_timesteps, rng_loop, eta=eta, clip_x0=clip_x0)
 
 
 def dpmpp2m_sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[int, ...], *,

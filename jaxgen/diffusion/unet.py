@@ -1,7 +1,15 @@
-"""The DDPM UNet (Ho et al. 2020), configurable, with optional class conditioning.
+"""The DDPM UNet (Ho et al. 2020), configurable, with optional class or text conditioning.
 
 With `ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)`
 on 32x32x3 images this is the 35.7M-parameter CIFAR-10 network of the paper.
+
+With `context_dim > 0` it is the latent-diffusion UNet of Rombach et al. 2022:
+its attention blocks become `SpatialTransformer`s that also attend to a
+conditioning sequence, the output of a `TextEncoder` that the UNet owns (its
+parameters are under 'text_encoder') for `conditioning='text'`, or a learned
+embedding of the class label as a sequence of one for 'class'. With
+`context_dim == 0` (the default) the network and its parameter tree are the
+DDPM's, a class label (if any) added to the time embedding.
 """
 
 import dataclasses
@@ -11,8 +19,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.attention import SpatialTransformer
 from jaxgen.nn.blocks import AttnBlock, Downsample, ResBlock, Upsample, default_init, group_norm, zeros_init
 from jaxgen.nn.embeddings import timestep_embedding
+from jaxgen.nn.text import TextEncoder
+
+CONDITIONINGS = ('class', 'text')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +41,23 @@ class UNetConfig:
       are embedded, and label `num_classes` is the "no label" token that
       classifier-free guidance uses.
     dtype: computation dtype, 'float32' or 'bfloat16' (parameters stay float32).
+    pad_to_fit: pad an input whose H or W is not divisible by 2**(len(ch_mult) - 1)
+      with zeros (bottom and right) up to the next multiple, and crop the output
+      back: for odd latent grids such as 7x7 (padded to 8x8; attn_resolutions
+      then count the padded sizes, 8 and 4). False: such an input is an error.
+    context_dim: 0 for no cross-attention (the DDPM). Otherwise the width D of
+      the conditioning sequence [B, L, D] that every attention block (at
+      attn_resolutions and in the middle) attends to, as a SpatialTransformer.
+    num_heads: attention heads of the SpatialTransformers and the text encoder.
+    transformer_depth: transformer blocks per SpatialTransformer.
+    conditioning: with context_dim > 0, 'class' (y: labels int32 [B], the context
+      a learned embedding of the label; needs num_classes) or 'text' (y: tokens
+      int32 [B, L] from `jaxgen.nn.text.encode_text`, 0 = padding, an all-zero
+      row the empty prompt; the context the UNet's own TextEncoder's output).
+    text_width: width of the text encoder (0: context_dim); its output is
+      projected to context_dim when they differ.
+    text_layers: transformer layers of the text encoder.
+    text_max_len: longest prompt in bytes (tokens).
   """
   ch: int = 128
   ch_mult: tuple[int, ...] = (1, 2, 2, 2)
@@ -37,6 +66,14 @@ class UNetConfig:
   dropout: float = 0.1
   num_classes: int = 0
   dtype: str = 'float32'
+  pad_to_fit: bool = False
+  context_dim: int = 0
+  num_heads: int = 4
+  transformer_depth: int = 1
+  conditioning: str = 'class'
+  text_width: int = 0
+  text_layers: int = 2
+  text_max_len: int = 32
 
   def __post_init__(self):
     object.__setattr__(self, 'ch_mult', tuple(self.ch_mult))
@@ -46,11 +83,35 @@ class UNetConfig:
 class UNet(nn.Module):
   """Noise predictor eps(x_t, t[, y]).
 
-  Call: x [B, H, W, C] float, t [B] int32 timesteps, y [B] int32 labels or None,
-  train (bool, enables dropout; needs a 'dropout' rng). Returns [B, H, W, C]
-  float32 (same channels as the input).
+  Call: x [B, H, W, C] float, t [B] int32 timesteps, y the conditioning or None
+  (the null condition: class num_classes, or the empty prompt): labels int32
+  [B] for a class model, tokens int32 [B, L] (L <= text_max_len) for a text
+  model; train (bool, enables dropout; needs a 'dropout' rng). Returns
+  [B, H, W, C] float32 (same channels as the input).
   """
   config: UNetConfig
+
+  def _context(self, y: jax.Array | None, batch: int, dtype: Any
+               ) -> tuple[jax.Array | None, jax.Array | None]:
+    """The cross-attention context [B, L, context_dim] and its mask bool [B, L], or (None, None)."""
+    cfg = self.config
+    if not cfg.context_dim:
+      return None, None
+    if cfg.conditioning == 'text':
+      if y is None:
+        y = jnp.zeros((batch, 1), jnp.int32)  # the empty prompt
+      width = cfg.text_width or cfg.context_dim
+      context, mask = TextEncoder(width, cfg.text_layers, cfg.num_heads, cfg.text_max_len, dtype,
+                                  name='text_encoder')(y)  # [B, 1 + L, width]
+      if width != cfg.context_dim:
+        context = nn.Dense(cfg.context_dim, dtype=dtype, kernel_init=default_init,
+                           name='context_proj')(context)
+      return context, mask
+    if y is None:
+      y = jnp.full((batch,), cfg.num_classes, jnp.int32)
+    context = nn.Embed(cfg.num_classes + 1, cfg.context_dim, dtype=dtype,
+                       name='label_context')(y)[:, None, :]  # [B, 1, D]
+    return context, None
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
@@ -58,13 +119,18 @@ class UNet(nn.Module):
     cfg = self.config
     dtype: Any = jnp.dtype(cfg.dtype)
     ch, n_levels = cfg.ch, len(cfg.ch_mult)
-    if any(s % 2 ** (n_levels - 1) for s in x.shape[1:3]):
-      raise ValueError(f'image size {x.shape[1:3]} must be divisible by 2**{n_levels - 1}.')
+    size, factor = x.shape[1:3], 2 ** (n_levels - 1)
+    if any(s % factor for s in size):
+      if not cfg.pad_to_fit:
+        raise ValueError(f'image size {size} must be divisible by 2**{n_levels - 1}; '
+                         'or set model.pad_to_fit=True to pad it.')
+      x = jnp.pad(x, ((0, 0), (0, -size[0] % factor), (0, -size[1] % factor), (0, 0)))
 
     emb = timestep_embedding(t, ch)  # [B, ch]
     emb = nn.Dense(4 * ch, dtype=dtype, kernel_init=default_init)(emb)
     emb = nn.Dense(4 * ch, dtype=dtype, kernel_init=default_init)(nn.silu(emb))  # [B, 4ch]
-    if cfg.num_classes:
+    context, mask = self._context(y, x.shape[0], dtype)  # [B, L, D], [B, L] or None
+    if cfg.num_classes and context is None:
       if y is None:
         y = jnp.full(x.shape[:1], cfg.num_classes, jnp.int32)
       emb = emb + nn.Embed(cfg.num_classes + 1, 4 * ch, dtype=dtype, name='label_emb')(y)
@@ -72,30 +138,35 @@ class UNet(nn.Module):
     def res(h, out_ch):
       return ResBlock(out_ch, cfg.dropout, dtype)(h, emb, train=train)
 
+    def attn(h):
+      if context is None:
+        return AttnBlock(dtype)(h)
+      return SpatialTransformer(cfg.num_heads, cfg.transformer_depth, dtype)(h, context, mask)
+
     h = nn.Conv(ch, (3, 3), dtype=dtype, kernel_init=default_init, name='conv_in')(x.astype(dtype))
     hs = [h]
     for level, mult in enumerate(cfg.ch_mult):
       for _ in range(cfg.num_res_blocks):
         h = res(hs[-1], ch * mult)
         if h.shape[1] in cfg.attn_resolutions:
-          h = AttnBlock(dtype)(h)
+          h = attn(h)
         hs.append(h)
       if level != n_levels - 1:
         hs.append(Downsample(dtype)(hs[-1]))
 
     h = res(hs[-1], h.shape[-1])
-    h = AttnBlock(dtype)(h)
+    h = attn(h)
     h = res(h, h.shape[-1])
 
     for level, mult in reversed(list(enumerate(cfg.ch_mult))):
       for _ in range(cfg.num_res_blocks + 1):
         h = res(jnp.concatenate([h, hs.pop()], axis=-1), ch * mult)
         if h.shape[1] in cfg.attn_resolutions:
-          h = AttnBlock(dtype)(h)
+          h = attn(h)
       if level != 0:
         h = Upsample(dtype)(h)
     assert not hs
 
     h = nn.silu(group_norm(dtype)(h))
     h = nn.Conv(x.shape[-1], (3, 3), dtype=dtype, kernel_init=zeros_init, name='conv_out')(h)
-    return h.astype(jnp.float32)
+    return h[:, :size[0], :size[1]].astype(jnp.float32)

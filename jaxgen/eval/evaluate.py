@@ -35,9 +35,9 @@ from jaxgen.eval.cache import cache_dir
 from jaxgen.train import mesh as mesh_lib
 
 # bpd: a model's likelihood; recon: an autoencoder's reconstruction error. Neither is a sample metric.
-METRICS = ('fid', 'kid', 'is', 'pr', 'coverage', 'bpd', 'recon')
+METRICS = ('fid', 'kid', 'is', 'pr', 'coverage', 'accuracy', 'bpd', 'recon')
 # Metrics of the generated set alone (no reference images).
-FAKE_ONLY_METRICS = ('is', 'coverage')
+FAKE_ONLY_METRICS = ('is', 'coverage', 'accuracy')
 MODEL_METRICS = ('bpd', 'recon')
 FEATURES = ('inception', 'mnist')
 REFERENCE_FORMAT_VERSION = 1
@@ -113,8 +113,11 @@ def extract(extractor: Extractor, batches: Iterable[np.ndarray], *, max_kept: in
 
 
 def compute(metrics: Sequence[str], fake: FeatureSet, real: FeatureSet | None,
-            extractor: Extractor) -> dict[str, float]:
-  """The requested metrics of `fake` against `real`, named with the extractor's label."""
+            extractor: Extractor, labels: np.ndarray | None = None) -> dict[str, float]:
+  """The requested metrics of `fake` against `real`, named with the extractor's label.
+
+  `accuracy` needs `labels` [N], the classes the images were asked for (in order).
+  """
   out, label = {}, extractor.label
   if real is None and set(metrics) - set(FAKE_ONLY_METRICS):
     raise JaxgenError('FID, KID and precision/recall need reference images; pass --real.')
@@ -134,6 +137,13 @@ def compute(metrics: Sequence[str], fake: FeatureSet, real: FeatureSet | None,
     out[f'class ratio max/min{label}'] = ratio
     out[f'classes covered{label}'] = float(np.count_nonzero(counts))
     out.update({f'class {k} fraction{label}': float(c / counts.sum()) for k, c in enumerate(counts)})
+  if 'accuracy' in metrics:
+    # Agreement of the feature network's classifier with the class each sample was asked for.
+    n = len(fake.logits)
+    if labels is None or len(labels) < n:
+      raise JaxgenError('accuracy needs the class each image was asked for: evaluate a conditional '
+                        'run (--workdir) or an .npz with a "labels" array beside "images".')
+    out[f'accuracy{label}'] = float(np.mean(np.argmax(fake.logits, axis=1) == np.asarray(labels)[:n]))
   if 'pr' in metrics:
     precision, recall = metrics_lib.precision_recall(real.features, fake.features, k=3)
     out[f'precision{label}'], out[f'recall{label}'] = precision, recall
@@ -206,13 +216,18 @@ def default_features(dataset: str) -> str:
 
 
 def evaluate_images(batches: Iterable[np.ndarray], real: str, *, metrics: Sequence[str],
-                    features: str) -> dict[str, Any]:
-  """Metrics of uint8 image batches against the reference `real` ('DATASET[:SPLIT]' or .npz)."""
+                    features: str, labels: Sequence[int] | None = None) -> dict[str, Any]:
+  """Metrics of uint8 image batches against the reference `real` ('DATASET[:SPLIT]' or .npz).
+
+  `labels`: the class each image was asked for (for `accuracy`); may be a list that
+  fills while `batches` is consumed.
+  """
   metrics = parse_metrics(metrics)
   extractor = get_extractor(features)
   ref = reference(real, extractor) if set(metrics) - set(FAKE_ONLY_METRICS) else None
   fake = extract(extractor, batches)
-  values = compute(metrics, fake, ref, extractor)
+  values = compute(metrics, fake, ref, extractor,
+                   labels=None if labels is None else np.asarray(labels, np.int64))
   return dict(metrics=values, num_fake=fake.stats.count,
               num_real=ref.stats.count if ref else None, real=real if ref else None,
               features=extractor.name, date=datetime.datetime.now().isoformat(timespec='seconds'))
@@ -225,9 +240,16 @@ def evaluate_npz(fake: str, real: str, *, metrics: Sequence[str] = ('fid',), fea
   for name in set(metrics) & set(MODEL_METRICS):
     raise JaxgenError(f'{name} is a measure of a model, not of a sample file; use --workdir.')
   features = features or default_features(real.partition(':')[0])
-  batches, _ = npz_batches(fake, num)  # checked before any work
+  batches, count = npz_batches(fake, num)  # checked before any work
+  labels = None
+  if 'accuracy' in metrics:
+    with np.load(fake, allow_pickle=False) as data:
+      if 'labels' not in data or data['labels'].shape[:1] != data['images'].shape[:1]:
+        raise JaxgenError(f'accuracy needs a "labels" array in {fake} with one class per image '
+                          '(the class each image was asked for).')
+      labels = data['labels'][:count]
   result = dict(fake=os.path.abspath(fake), **evaluate_images(batches, real, metrics=metrics,
-                                                                  features=features))
+                                                                  features=features, labels=labels))
   if write:
     _write_json(os.path.splitext(fake)[0] + '.eval.json', result)
   return result
@@ -250,10 +272,13 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
                 metrics={})
   sample_metrics = tuple(m for m in metrics if m not in MODEL_METRICS)
   if sample_metrics:
+    labels = None
     batches = run.iter_generate(num, seed=seed, batch=batch, progress=True, **sample_options)
+    if 'accuracy' in sample_metrics:
+      batches, labels = _with_requested_labels(run.model, batches, sample_options)
     result.update(sample_options=run.model.sample_options(**sample_options),
                   **evaluate_images(batches, real or f'{dataset}:train', metrics=sample_metrics,
-                                    features=features or default_features(dataset)))
+                                    features=features or default_features(dataset), labels=labels))
   if 'bpd' in metrics:
     bpd = likelihood_metrics(run, num=num, batch=batch, seed=seed,
                              **({} if iwae_samples is None else {'num_samples': iwae_samples}))
@@ -269,6 +294,26 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
         ('-raw' if params_kind == 'raw' else '')
     _write_json(os.path.join(run.workdir, f'eval_step_{run.step:07d}_{name}.json'), result)
   return result
+
+
+def _with_requested_labels(model: Any, batches: Iterator[np.ndarray], options: dict[str, Any]
+                           ) -> tuple[Iterator[np.ndarray], list[int]]:
+  """`batches` unchanged, and a list that fills with the class each image was asked for.
+
+  Every sampler call draws for `model.requested_labels(len(batch))` (class `label`,
+  or cycling from class 0 in each call); a trimmed last batch keeps a prefix of it.
+  """
+  requested = getattr(model, 'requested_labels', None)
+  if requested is None or requested(1, **options) is None:
+    raise JaxgenError('accuracy needs a model that draws samples of asked-for classes '
+                      '(a conditional model, or a diffusion model with --classifier-scale or --prompt).')
+  labels: list[int] = []
+
+  def gen():
+    for images in batches:
+      labels.extend(requested(len(images), **options).tolist())
+      yield images
+  return gen(), labels
 
 
 def likelihood_metrics(run: Any, *, num: int, batch: int = 256, seed: int = 0,

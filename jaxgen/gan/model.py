@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from jaxgen import config as config_lib
@@ -371,6 +372,13 @@ class GANModel:
       raise JaxgenError(f"--label must be below {self.net_config.num_classes}, got {opts['label']}.")
     return opts
 
+  def requested_labels(self, num: int, **options: Any) -> np.ndarray | None:
+    """The classes `sample` draws `num` images of, int32 [num]; None for an unconditional model."""
+    if not self.conditional:
+      return None
+    return config_lib.requested_labels(self.sample_options(**options)['label'], num,
+                                       self.net_config.num_classes)
+
   def sample(self, params: Any, rng: jax.Array, num: int, *, labels: jax.Array | None = None,
              sharding: Any = None, **options: Any) -> jax.Array:
     """`num` images [num, H, W, C] in [-1, 1] from the generator in `params['generator']`.
@@ -384,8 +392,7 @@ class GANModel:
     if sharding is not None:
       z = jax.lax.with_sharding_constraint(z, sharding)
     if self.conditional and labels is None:
-      labels = (jnp.full((num,), opts['label'], jnp.int32) if opts['label'] >= 0
-                else jnp.arange(num, dtype=jnp.int32) % self.net_config.num_classes)
+      labels = jnp.asarray(self.requested_labels(num, **options))
     images, _, _ = self._generate(params['generator'], z, labels if self.conditional else None,
                                   k_noise, train=False, psi=opts['truncation'])
     return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)

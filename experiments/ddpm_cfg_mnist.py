@@ -1,0 +1,31 @@
+"""Class-conditional DDPM on MNIST with classifier-free guidance (Ho & Salimans 2022).
+
+    jaxgen train --config experiments/ddpm_cfg_mnist.py --workdir runs/ddpm_cfg_mnist
+    jaxgen sample --workdir runs/ddpm_cfg_mnist --num 100 --out guided.png --guidance 3
+    jaxgen sample --workdir runs/ddpm_cfg_mnist --num 16 --out sevens.png --label 7 --sampler dpmpp2m --steps 20
+    jaxgen eval --workdir runs/ddpm_cfg_mnist --metrics fid,accuracy --num 1000 --guidance 5
+
+The UNet and schedule of experiments/ddpm_mnist.py with a label embedding for
+the ten digits plus the null class; 10% of the training labels are replaced by
+the null class, so the one network predicts both the conditional and the
+unconditional noise and `--guidance W` mixes them (W = 1: conditional, 0:
+unconditional). The trade-off curve (domain-classifier accuracy and FID at
+W = 0, 1, 3, 5) and FID against steps for DDPM, DDIM, Heun and DPM-Solver++
+are in benchmarks/results/diffusion_quality.md (`python -m benchmarks.diffusion_quality`).
+`:smoke` shrinks it to seconds.
+"""
+
+import os
+
+import ml_collections
+
+from jaxgen import config as config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  base = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ddpm_mnist.py')
+  config = config_lib.load_config(base + (f':{arg}' if arg else ''))  # ddpm_mnist, smoke or not
+  config.model.num_classes = 10
+  config.diffusion.label_dropout = 0.1
+  config.sample.guidance = 3.0
+  return config
