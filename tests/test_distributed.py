@@ -29,6 +29,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # CI time: two processes, ~180 s; test_sharding covers 8 devices in one
 def test_two_processes_match_one_process_and_restore_in_one(mnist_env, tmp_path):
   from jaxgen import data as data_lib
   data_lib.prepare_for(config_lib.load_config(SMOKE).data)  # once, before several processes read it

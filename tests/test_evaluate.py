@@ -116,7 +116,7 @@ def test_accuracy_against_the_asked_for_labels(test_split, tmp_path):
   with pytest.raises(JaxgenError, match='"labels" array'):
     evaluate.evaluate_npz(save(tmp_path / 'x.npz', images[:10]), '', metrics=('accuracy',),
                           features='mnist', write=False)
-  assert evaluate.compute(('accuracy',), evaluate.FeatureSet(None, np.zeros((3, 2)), np.eye(3)),
+  assert evaluate.compute(('accuracy',), evaluate.FeatureSet(None, np.zeros((3, 2)), np.eye(3)), None,
                           evaluate.Extractor('x', '', None, None),
                           labels=np.array([0, 1, 0]))['accuracy'] == pytest.approx(2 / 3)
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import pytest
 import numpy as np
 
 from jaxgen import config as config_lib
@@ -42,6 +43,7 @@ def wait_for(proc, done) -> None:
     time.sleep(0.02)
 
 
+@pytest.mark.slow  # CI time: three training processes, ~200 s; test_train covers bit-for-bit resume
 def test_sigterm_then_sigkill_then_resume_is_bit_for_bit(mnist_env, tmp_path):
   workdir = tmp_path / 'run'
 

@@ -92,6 +92,7 @@ def test_resume_refuses_another_model(mnist_env, trained):
     trainer.train_and_evaluate(smoke_config('model.ch=64'), workdir)
 
 
+@pytest.mark.slow  # CI time: its own optimizer compile, ~80 s; test_injected_nan_stops_naming_the_step covers the stop
 def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(mnist_env, tmp_path):
   workdir = str(tmp_path / 'nan')
   config = smoke_config('optim.lr=1e30', 'optim.grad_clip=0.0', 'optim.warmup_steps=0',
