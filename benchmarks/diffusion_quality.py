@@ -1,8 +1,11 @@
 """Sample quality of a trained diffusion run: the guidance trade-off and FID against steps.
 
-    python -m benchmarks.diffusion_quality --workdir runs/ddpm_cfg_mnist --num 500 \
-        --guidance 0,1,3,5 --curve ddpm,ddim:10,20,50,100,heun:5,10,25,dpmpp2m:10,20,50 \
-        --json benchmarks/results/diffusion_quality.json --plot benchmarks/results/diffusion_quality
+    python -m benchmarks.diffusion_quality --workdir runs/ddpm_cfg_mnist --num 200 --batch 50 \
+        --guidance 0,1,3,5 --guidance-steps 25 --json guidance.json --plot guidance
+    python -m benchmarks.diffusion_quality --workdir runs/ddpm_cfg_mnist --num 100 --batch 50 \
+        --guidance '' --curve dpmpp2m:10,20,ddim:10,20,50,heun:5,10,ddpm --json steps.json --plot steps
+
+(the runs of benchmarks/results/diffusion_quality_mnist.md).
 
 Every point samples `--num` images from the run (classes cycling 0..9) and
 measures, with the run dataset's feature network (for MNIST the domain

@@ -11,7 +11,7 @@ the null class, so the one network predicts both the conditional and the
 unconditional noise and `--guidance W` mixes them (W = 1: conditional, 0:
 unconditional). The trade-off curve (domain-classifier accuracy and FID at
 W = 0, 1, 3, 5) and FID against steps for DDPM, DDIM, Heun and DPM-Solver++
-are in benchmarks/results/diffusion_quality.md (`python -m benchmarks.diffusion_quality`).
+are in benchmarks/results/diffusion_quality_mnist.md (`python -m benchmarks.diffusion_quality`).
 `:smoke` shrinks it to seconds.
 """
 

@@ -9,6 +9,7 @@ import pytest
 from benchmarks import compare, sampling, training
 from jaxgen import config as config_lib
 from jaxgen import families
+from jaxgen.errors import JaxgenError
 from jaxgen.nn.flops import hlo_flops
 
 SMOKE = 'experiments/ddpm_cifar10.py:smoke'
@@ -86,3 +87,12 @@ def test_peer_runs_when_installed():
   record = diffusers_unet.main(['--what', 'ddim', '--modes', 'eager-fp32', '--batch', '1',
                                 '--ddim-steps', '1', '--repeats', '1', '--device', 'cpu'])
   assert record['num_params'] == 35_746_307  # the same network as experiments/ddpm_cifar10.py
+
+
+def test_diffusion_quality_curve_spec():
+  from benchmarks import diffusion_quality
+  assert diffusion_quality.parse_curve('ddpm,ddim:10,20,heun:5') == [
+      ('ddpm', 0), ('ddim', 10), ('ddim', 20), ('heun', 5)]
+  assert diffusion_quality.parse_curve('') == []
+  with pytest.raises(JaxgenError, match='sampler name'):
+    diffusion_quality.parse_curve('10,20')
