@@ -217,9 +217,11 @@ def _add_train_classifier_parser(sub) -> None:
                   't = 0, T/4 and T/2, and save it in WORKDIR/classifier/ (replacing an earlier one only '
                   'once complete). `jaxgen sample --classifier-scale S` then guides with it.')
   tc.add_argument('--workdir', required=True, help='a run directory of the diffusion family')
-  tc.add_argument('--num-steps', type=int, default=None, help='training steps (default 2000)')
+  tc.add_argument('--num-steps', type=int, default=None,
+                  help="training steps (default: the config's classifier.steps, else 2000)")
   tc.add_argument('--batch', type=int, default=None,
-                  help='global batch size, a multiple of the device count (default 64)')
+                  help="global batch size, a multiple of the device count (default: the config's "
+                       'classifier.batch, else 64)')
   tc.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
   tc.add_argument('--eval-num', type=int, default=1000,
                   help='held-out images the final accuracy is measured on (default 1000)')
