@@ -26,8 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           prediction='eps', label_dropout=0.0)
   config.sample = dict(sampler='ddpm', steps=0, eta=0.0, variance='fixedlarge', clip_x0=True,
                        label=-1, guidance=1.0)
-  config.optim = dict(lr=2e-4, warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                      grad_clip=1.0)
+  config.optim = dict(lr=2e-4, warmup_steps=5000, decay_steps=0, end_lr_frac=0.0,
+                      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0)
   config.train = dict(batch_size=128, num_steps=800_000, ema_decay=0.9999, log_every=100,
                       checkpoint_every=10_000, keep_checkpoints=3, sample_every=50_000, num_grid=64,
                       # Evaluation during training (eval_every=0: off); see `jaxgen eval --help`.

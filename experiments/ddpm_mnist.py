@@ -28,8 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The noise-conditional classifier of `jaxgen train-classifier` (classifier guidance).
   config.classifier = dict(width=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
                            lr=1e-3, weight_decay=0.05, steps=1000, batch=64)
-  config.optim = dict(lr=2e-3, warmup_steps=200, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                      grad_clip=1.0)
+  config.optim = dict(lr=2e-3, warmup_steps=200, decay_steps=0, end_lr_frac=0.0,
+                      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0)
   # About 15 minutes on a 2-core CPU (~0.3 s per step).
   config.train = dict(batch_size=32, num_steps=3000, ema_decay=0.998, log_every=50,
                       checkpoint_every=500, keep_checkpoints=3, sample_every=1000, num_grid=64,

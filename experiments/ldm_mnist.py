@@ -46,8 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # clip_x0 does not apply in latent space (the model ignores it there).
   config.sample = dict(sampler='ddim', steps=50, eta=1.0, variance='fixedlarge', clip_x0=True,
                        label=-1, guidance=3.0, prompt='')
-  config.optim = dict(lr=1e-3, warmup_steps=200, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                      grad_clip=1.0)
+  config.optim = dict(lr=1e-3, warmup_steps=200, decay_steps=0, end_lr_frac=0.0,
+                      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0)
   config.train = dict(batch_size=64, num_steps=3000, ema_decay=0.998, log_every=50,
                       checkpoint_every=500, keep_checkpoints=3, sample_every=1000, num_grid=64,
                       eval_every=0, eval_num=1000, eval_metrics='fid', eval_features='mnist',

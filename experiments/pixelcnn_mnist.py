@@ -26,8 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       kernel_rest=3, head=64, num_resnets=5, num_mixtures=10, num_heads=4, dropout=0.0,
                       palette_levels=16, palette_file='', tokenizer='', num_classes=0, dtype='float32')
   config.sample = dict(sampler='cached', temperature=1.0, label=-1)
-  config.optim = dict(lr=1e-3, warmup_steps=100, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                      grad_clip=100.0)
+  config.optim = dict(lr=1e-3, warmup_steps=100, decay_steps=0, end_lr_frac=0.0,
+                      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=100.0)
   config.train = dict(batch_size=32, num_steps=3750, ema_decay=0.999, log_every=250,
                       checkpoint_every=1000, keep_checkpoints=3, sample_every=0, num_grid=16,
                       eval_every=0, eval_num=1000, eval_metrics='bpd', eval_features='mnist',

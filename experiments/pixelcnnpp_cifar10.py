@@ -28,8 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       dropout=0.5, palette_levels=16, palette_file='', tokenizer='', num_classes=0,
                       dtype='float32')
   config.sample = dict(sampler='naive', temperature=1.0, label=-1)
-  config.optim = dict(lr=1e-3, warmup_steps=0, b1=0.95, b2=0.9995, eps=1e-8, weight_decay=0.0,
-                      grad_clip=0.0)
+  config.optim = dict(lr=1e-3, warmup_steps=0, decay_steps=0, end_lr_frac=0.0,
+                      b1=0.95, b2=0.9995, eps=1e-8, weight_decay=0.0, grad_clip=0.0)
   config.train = dict(batch_size=128, num_steps=500_000, ema_decay=0.9995, log_every=500,
                       checkpoint_every=10_000, keep_checkpoints=3, sample_every=0, num_grid=16,
                       eval_every=0, eval_num=1000, eval_metrics='bpd', eval_features='inception',

@@ -21,7 +21,8 @@ from jaxgen import config as config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae_mnist.py')
   config = config_lib.load_config(base + (f':{arg}' if arg else ''))  # vae_mnist, smoke or not
-  config.model.update(kind='vq', network='conv', spatial=True, latent_dim=16, num_codes=128, likelihood='logistic')
+  config.model.update(kind='vq', network='conv', spatial=True, latent_dim=16, num_codes=128,
+                      likelihood='logistic', pixel_window=0)
   config.train.update(batch_size=128, num_steps=2000, log_every=100, checkpoint_every=1000,
                       sample_every=1000)  # about 4 epochs
   if arg == 'smoke':

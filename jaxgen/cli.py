@@ -202,6 +202,9 @@ def _add_edit_parser(sub) -> None:
                   help="conditional models: the class (default: a dataset source's labels, else cycle)")
   ed.add_argument('--prompt', default=None, help='text-conditioned models: the prompt')
   ed.add_argument('--guidance', type=float, default=None, help='classifier-free guidance scale')
+  ed.add_argument('--classifier-scale', type=float, default=None, metavar='S',
+                  help='classifier guidance towards the class (an unconditional model needs --label) '
+                       'with the classifier of `jaxgen train-classifier` (default 0: none)')
   ed.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
   ed.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   ed.add_argument('--params', choices=('ema', 'raw'), default='ema',
@@ -528,10 +531,14 @@ def _edit(args) -> None:
   if run.config.family != 'diffusion':
     raise JaxgenError(f'jaxgen edit needs a diffusion run; {args.workdir} is {run.config.family}.')
   given = dict(steps=args.steps, eta=args.eta, label=args.label, prompt=args.prompt,
-               guidance=args.guidance)
+               guidance=args.guidance, classifier_scale=args.classifier_scale)
   options = {k: v for k, v in given.items() if v is not None}
+  if (args.classifier_scale or 0) > 0 and not run.model.num_classes and args.label is None:
+    raise JaxgenError('--classifier-scale with an unconditional model guides towards one class: '
+                      'pass --label.')
+  run = _with_classifier(run, args)
   model = run.model
-  model.sample_options(**options)  # steps within [0, T], label, guidance: before any work
+  model.sample_options(**options)  # steps within [0, T], label, guidance, scale: before any work
   images, labels = _load_source('--image', args.image, run)  # [N, H, W, C], [N] or None
   if args.label is not None or not model.num_classes:
     labels = None  # the label option (or no conditioning) applies

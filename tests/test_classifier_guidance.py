@@ -249,6 +249,14 @@ def test_cli_train_classifier_and_sample_guided(mnist_env, tmp_path, capsys, mon
 
   assert cli.main(sample + ['--classifier-scale', '2', '--label', '3']) == 0
   assert os.path.getsize(out) > 0
+  edit = ['edit', '--workdir', workdir, '--task', 'inpaint', '--image', 'mnist:test:0',
+          '--box', '0,0,14,28', '--steps', '3', '--num', '2', '--classifier-scale', '2']
+  edited = str(tmp_path / 'edited.npz')
+  capsys.readouterr()
+  assert cli.main(edit + ['--out', edited]) == 2  # an unconditional model: which class?
+  assert '--label' in capsys.readouterr().err and not os.path.exists(edited)
+  assert cli.main(edit + ['--label', '3', '--out', edited]) == 0
+  assert np.load(edited)['images'].shape == (2, 28, 28, 1)
 
   # A failed retraining leaves the classifier as it was: bad input before any work, and a crash
   # while saving.

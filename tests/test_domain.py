@@ -18,7 +18,7 @@ TRAIN_CMD = 'jaxgen eval train-features --dataset mnist'
 
 @pytest.fixture(scope='module')
 def trained(mnist_env, tmp_path_factory):
-  """A 150-step run (batch 64, ~1/6 epoch) through the public entry point, shared by the tests.
+  """An 80-step run (batch 64, ~0.95 test accuracy) through the public entry point, shared.
 
   Returns (out_dir, info, params), the params being the in-memory ones that were saved.
   """
@@ -32,7 +32,7 @@ def trained(mnist_env, tmp_path_factory):
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(domain, 'save_domain_extractor', capturing_save)
-    info = domain.train_domain_classifier('mnist', out_dir=out_dir, num_steps=150, batch_size=64,
+    info = domain.train_domain_classifier('mnist', out_dir=out_dir, num_steps=80, batch_size=64,
                                           seed=0, progress=False)
   return out_dir, info, saved['params']
 
@@ -49,7 +49,7 @@ def test_short_run_beats_chance_and_writes_checkpoint(trained):
   out_dir, info, _ = trained
   assert info['test_accuracy'] > 0.9  # chance is 0.1
   assert info['num_test_examples'] == 10000  # padding of the last eval batch masked out
-  assert info['num_steps'] == 150 and info['feature_dim'] == 256 and info['dataset'] == 'mnist'
+  assert info['num_steps'] == 80 and info['feature_dim'] == 256 and info['dataset'] == 'mnist'
   assert os.path.isdir(os.path.join(out_dir, 'params'))
   with open(os.path.join(out_dir, 'info.json')) as f:
     assert json.load(f) == info

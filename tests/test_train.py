@@ -246,3 +246,19 @@ def test_skipped_step_changes_nothing_but_the_step():
   good, metrics = step(bad, {'x': jnp.zeros(3)})
   assert int(good.step) == 2 and int(good.skipped) == 1 and int(metrics['skipped']) == 0
   np.testing.assert_allclose(good.params['w'], 0.9 * np.ones(3), rtol=1e-5)  # Adam's first step: lr
+
+
+def test_learning_rate_schedule_warms_up_then_holds_or_follows_the_cosine():
+  from jaxgen.train.state import OptimConfig, learning_rate_schedule
+  constant = learning_rate_schedule(OptimConfig(lr=1e-3, warmup_steps=10))
+  np.testing.assert_allclose([constant(0), constant(5), constant(10), constant(10**6)],
+                             [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+  assert learning_rate_schedule(OptimConfig(lr=1e-3, warmup_steps=0)) == 1e-3
+  cosine = learning_rate_schedule(OptimConfig(lr=1e-3, warmup_steps=10, decay_steps=110,
+                                              end_lr_frac=0.1))
+  # After the warm-up: end + (lr - end) * (1 + cos(pi * t / 100)) / 2, t the steps since it ended.
+  expected = lambda t: 1e-4 + 9e-4 * (1 + np.cos(np.pi * t / 100)) / 2
+  np.testing.assert_allclose([cosine(5), cosine(10), cosine(35), cosine(60), cosine(110), cosine(500)],
+                             [5e-4, 1e-3, expected(25), expected(50), 1e-4, 1e-4], rtol=1e-5)
+  with pytest.raises(JaxgenError, match='optim.decay_steps=10 must exceed optim.warmup_steps=10'):
+    learning_rate_schedule(OptimConfig(lr=1e-3, warmup_steps=10, decay_steps=10))

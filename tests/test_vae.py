@@ -191,7 +191,7 @@ def test_gaussian_log_prob_against_scipy():
 
 def smoke_mlp(*overrides):
   """The smoke config with a small MLP and a Gaussian likelihood, for 8x8 grayscale images."""
-  return config_lib.load_config(SMOKE, ['model.network=mlp', 'model.hidden=(16,)',
+  return config_lib.load_config(SMOKE, ['model.network=mlp', 'model.hidden=(16,)', 'model.pixel_window=0',
                                         'model.likelihood=gaussian', *overrides])
 
 
@@ -573,6 +573,82 @@ def test_vq_train_step_replaces_the_codebook_by_its_ema_update(vqvae):
                              rtol=1e-6)
 
 
+# ---------------------------------------------------------------- the pixel head (VLAE decoder)
+
+
+@pytest.fixture(scope='module')
+def headed():
+  """A tiny MLP VAE with a 5 x 5 pixel head on 8x8 images: (model, params, cond [3, 8, 8, 2])."""
+  vae = vae_model.build(tiny_config((8, 8, 1), network='mlp', hidden=(16,), pixel_window=5,
+                                    pixel_features=8, pixel_layers=1, pixel_cond=2), (8, 8, 1))
+  params = quick_jit(vae.init)(jax.random.PRNGKey(0), {'image': random_images((2, 8, 8, 1))})
+  z = jax.random.normal(jax.random.PRNGKey(1), (3, 3))
+  return vae, params, quick_jit(vae._decode_raw)(params, z)
+
+
+def head_logits(vae, params, cond, x):
+  return vae._head().apply({'params': params['pixel_head']}, cond, x)  # [B, H, W, 1]
+
+
+def test_pixel_head_logit_depends_only_on_earlier_pixels_in_its_window(headed):
+  vae, params, cond = headed
+  x = jax.random.bernoulli(jax.random.PRNGKey(2), 0.5, (3, 8, 8, 1)).astype(jnp.float32)
+  base = np.asarray(head_logits(vae, params, cond, x))[:, :, :, 0]
+  for i, j in [(0, 0), (3, 4), (7, 7), (5, 0)]:
+    flipped = x.at[:, i, j].set(1.0 - x[:, i, j])
+    changed = np.abs(np.asarray(head_logits(vae, params, cond, flipped))[:, :, :, 0] - base).max(0) > 0
+    rows, cols = np.nonzero(changed)
+    # Exactly the pixels after (i, j) in raster order whose 5 x 5 window holds (i, j).
+    expected = {(r, c) for r in range(8) for c in range(8)
+                if (r, c) > (i, j) and 0 <= r - i <= 2 and abs(c - j) <= 2}
+    assert set(zip(rows.tolist(), cols.tolist())) == expected
+
+
+def test_pixel_head_at_one_pixel_matches_the_whole_image(headed):
+  vae, params, cond = headed
+  x = jax.random.bernoulli(jax.random.PRNGKey(3), 0.5, (3, 8, 8, 1)).astype(jnp.float32)
+  whole = np.asarray(head_logits(vae, params, cond, x))
+  head = vae._head()
+  cache = vae_model.masked_conv.pad_cache(x, head.pad)
+  at = quick_jit(lambda c, i, j: head.apply({'params': params['pixel_head']}, c, cache, i, j,
+                                            method='at'))
+  for i in range(8):
+    for j in range(8):
+      np.testing.assert_allclose(at(cond[:, i, j], i, j), whole[:, i, j], atol=1e-5)
+
+
+def test_drawn_pixels_equal_a_loop_over_the_whole_image_head(headed):
+  """The cached sampler against the plainest reference: for each pixel in raster order, run the
+  head on the whole image drawn so far and draw that pixel with key fold_in(rng, n)."""
+  vae, params, cond = headed
+  rng = jax.random.PRNGKey(4)
+  drawn = np.asarray(quick_jit(vae._draw_pixels)(params, cond, rng))
+  logits_of = quick_jit(lambda x: head_logits(vae, params, cond, x))
+  x = jnp.zeros((3, 8, 8, 1))
+  for n in range(64):
+    i, j = divmod(n, 8)
+    p = jax.nn.sigmoid(logits_of(x)[:, i, j])
+    x = x.at[:, i, j].set(jax.random.bernoulli(jax.random.fold_in(rng, n), p).astype(jnp.float32))
+  np.testing.assert_array_equal(drawn, np.asarray(x))
+  assert set(np.unique(drawn)) <= {0.0, 1.0}
+
+
+def test_pixel_head_loss_scores_the_targets_through_the_head(headed):
+  vae, params, _ = headed
+  images = random_images((2, 8, 8, 1), 5)
+  rng = jax.random.PRNGKey(6)
+  _, metrics = quick_jit(vae.loss)(params, {'image': images}, rng)
+  rng_bin, rng_z = jax.random.split(rng)
+  x = vae._targets(images, rng_bin)
+  mean, log_var = vae._posterior(params, images)
+  z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng_z, mean.shape)
+  logits = np.asarray(head_logits(vae, params, vae._decode_raw(params, z), x), np.float64)
+  recon = -(np.asarray(x) * logits - np.logaddexp(0.0, logits)).sum((1, 2, 3)).mean()
+  np.testing.assert_allclose(metrics['recon'], recon, rtol=1e-5)
+  samples = quick_jit(lambda p, k: vae.sample(p, k, 2))(params, jax.random.PRNGKey(7))
+  assert samples.shape == (2, 8, 8, 1) and set(np.unique(np.asarray(samples))) <= {-1.0, 1.0}
+
+
 # ---------------------------------------------------------------- build
 
 
@@ -583,6 +659,8 @@ def test_vq_train_step_replaces_the_codebook_by_its_ema_update(vqvae):
     (dict(kind='vq', network='mlp'), (28, 28, 1), r'VQ-VAE quantises a latent grid'),
     (dict(kind='vq', spatial=False), (28, 28, 1), r'VQ-VAE quantises a latent grid'),
     (dict(likelihood='bernoulli'), (32, 32, 3), r'bernoulli likelihood is for binarized grayscale'),
+    (dict(pixel_window=4), (28, 28, 1), r'model.pixel_window=4 must be an odd window size'),
+    (dict(pixel_window=5, likelihood='logistic'), (28, 28, 1), r'pixel head .* needs model.likelihood=bernoulli'),
 ])
 def test_build_rejects_bad_configs_in_one_sentence(overrides, image_shape, match):
   with pytest.raises(JaxgenError, match=match) as e:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxgen.errors import JaxgenError
+
 PyTree = Any
 # (params, batch, rng) -> (loss, metrics), or (loss, (metrics, updates)) for models with
 # state that is not learned by gradient (a VQ codebook's EMA): `updates` maps top-level keys
@@ -42,9 +44,11 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """The `config.optim` section: Adam(W) with linear warm-up, constant after it."""
+  """The `config.optim` section: Adam(W) with a linear warm-up, then constant or a cosine decay."""
   lr: float = 2e-4
   warmup_steps: int = 5000
+  decay_steps: int = 0  # > 0: cosine decay from lr to end_lr_frac * lr, ending at this step; 0: constant
+  end_lr_frac: float = 0.0
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -52,9 +56,22 @@ class OptimConfig:
   grad_clip: float = 1.0  # global-norm clipping; 0 disables it
 
 
+def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule | float:
+  """The step size at each step: linear warm-up from 0 over `warmup_steps`, then `lr`, or with
+  `decay_steps` a cosine decay reaching `end_lr_frac * lr` at step `decay_steps` (and held there)."""
+  if cfg.decay_steps:
+    if cfg.decay_steps <= cfg.warmup_steps:
+      raise JaxgenError(f'optim.decay_steps={cfg.decay_steps} must exceed optim.warmup_steps='
+                        f'{cfg.warmup_steps} (the decay ends at that step); or set it to 0 for a '
+                        f'constant step size.')
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, cfg.decay_steps,
+                                              end_value=cfg.end_lr_frac * cfg.lr)
+  return optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-  """Clip by global norm, then AdamW with a linear warm-up to `lr`."""
-  schedule = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+  """Clip by global norm, then AdamW with a linear warm-up to `lr` (and a cosine decay with `decay_steps`)."""
+  schedule = learning_rate_schedule(cfg)
   parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
   parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
   return optax.chain(*parts)

@@ -7,7 +7,10 @@ Config sections:
   (a VQ-VAE with an EMA codebook); the networks; the likelihood of the pixels:
   'bernoulli' (binarized images, dynamically binarized each batch), 'gaussian'
   or 'logistic' (discretized logistic over the 256 levels of 8-bit images),
-  the latter two with a mean and a log-scale per sub-pixel from the decoder.
+  the latter two with a mean and a log-scale per sub-pixel from the decoder;
+  optionally (`pixel_window` k > 0, Bernoulli only) a local autoregressive
+  head (`networks.PixelHead`): each pixel's probability also depends on the
+  pixels before it within a k x k window (the variational lossy autoencoder).
 - `vae` (`ObjectiveConfig`): beta, the linear KL warm-up, VQ's commitment
   weight and codebook decay.
 
@@ -29,7 +32,7 @@ import ml_collections
 
 from jaxgen import config as config_lib
 from jaxgen.errors import JaxgenError
-from jaxgen.nn import distributions
+from jaxgen.nn import distributions, masked_conv
 from jaxgen.nn.flops import hlo_flops
 from jaxgen.nn.interpolate import slerp
 from jaxgen.vae import networks, vq
@@ -52,6 +55,10 @@ class VAEConfig:
   spatial: bool = False  # conv only: a latent grid [h, w, Z] instead of a vector
   likelihood: str = 'bernoulli'
   num_codes: int = 512  # VQ codebook size K
+  pixel_window: int = 0  # k > 0 (odd): a local autoregressive head over k x k windows; 0: none
+  pixel_features: int = 32  # the head's width
+  pixel_layers: int = 1  # the head's per-pixel residual layers
+  pixel_cond: int = 4  # decoder output channels per pixel that the head conditions on
   dtype: str = 'float32'
 
 
@@ -81,9 +88,20 @@ class VAEModel:
   # ------------------------------------------------------------------ networks
 
   @property
-  def _out_ch(self) -> int:
+  def _lik_ch(self) -> int:
+    """Likelihood parameters per pixel: a logit per channel (Bernoulli), else mean and log-scale."""
     c = self.image_shape[-1]
     return c if self.config.likelihood == 'bernoulli' else 2 * c
+
+  @property
+  def _out_ch(self) -> int:
+    """Decoder output channels: the likelihood's parameters, or the pixel head's conditioning."""
+    return self.config.pixel_cond if self.config.pixel_window else self._lik_ch
+
+  def _head(self) -> networks.PixelHead:
+    cfg = self.config
+    return networks.PixelHead(cfg.pixel_window, cfg.pixel_features, cfg.pixel_layers,
+                              self.image_shape[-1], self._lik_ch, jnp.dtype(cfg.dtype))
 
   @property
   def _enc_dim(self) -> int:
@@ -113,12 +131,16 @@ class VAEModel:
     return (cfg.latent_dim,)
 
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
-    """{'encoder', 'decoder'} parameters, plus {'codebook'} (EMA state, no gradients) for VQ."""
+    """{'encoder', 'decoder'} parameters, plus {'codebook'} (EMA state, no gradients) for VQ and
+    {'pixel_head'} with a pixel head."""
     rng_enc, rng_dec, rng_code = jax.random.split(rng, 3)
     x = batch['image']
     z = jnp.zeros((x.shape[0], *self.latent_shape), jnp.float32)
     params = {'encoder': self._encoder().init(rng_enc, x)['params'],
               'decoder': self._decoder().init(rng_dec, z)['params']}
+    if self.config.pixel_window:
+      cond = jnp.zeros((*x.shape[:3], self.config.pixel_cond), jnp.float32)
+      params['pixel_head'] = self._head().init(jax.random.fold_in(rng_dec, 1), cond, x)['params']
     if self.config.kind == 'vq':
       params['codebook'] = vq.init_codebook(rng_code, self.config.num_codes, self.config.latent_dim)
     return params
@@ -130,7 +152,34 @@ class VAEModel:
     return mean, jnp.clip(log_var, -30.0, 20.0)
 
   def _decode_raw(self, params: Any, z: jax.Array) -> jax.Array:
+    """Decoder outputs [B, H, W, out_ch]: the likelihood's parameters (or the head's conditioning)."""
     return self._decoder().apply({'params': params['decoder']}, z)
+
+  def _pixel_params(self, params: Any, z: jax.Array, x: jax.Array) -> jax.Array:
+    """The likelihood's parameters [B, H, W, lik_ch] of targets x given z; with the pixel head,
+    each pixel's also given the pixels of x before it (teacher forcing)."""
+    out = self._decode_raw(params, z)
+    if self.config.pixel_window:
+      out = self._head().apply({'params': params['pixel_head']}, out, x)
+    return out
+
+  def _draw_pixels(self, params: Any, cond: jax.Array, rng: jax.Array) -> jax.Array:
+    """Pixels {0, 1} [B, H, W, C] drawn one at a time in raster order through the pixel head,
+    given the decoder's features cond [B, H, W, pixel_cond]. One compiled loop of H*W steps,
+    each reading only its k x k window from a padded cache; pixel n's key is fold_in(rng, n)."""
+    head, hp = self._head(), {'params': params['pixel_head']}
+    height, width, channels = self.image_shape
+    top, left, _ = head.pad
+    cache = masked_conv.pad_cache(jnp.zeros((cond.shape[0], height, width, channels)), head.pad)
+
+    def step(cache, n):
+      i, j = n // width, n % width
+      logits = head.apply(hp, cond[:, i, j], cache, i, j, method='at')  # [B, C]
+      bits = jax.random.bernoulli(jax.random.fold_in(rng, n), jax.nn.sigmoid(logits))
+      return masked_conv.write_pixel(cache, bits.astype(cache.dtype), i, j, head.pad), None
+
+    cache, _ = jax.lax.scan(step, cache, jnp.arange(height * width))
+    return cache[:, top:top + height, left:left + width]
 
   def _targets(self, images: jax.Array, rng: jax.Array) -> jax.Array:
     """What the likelihood scores: dynamically binarized {0, 1} images for Bernoulli, else the images."""
@@ -174,7 +223,7 @@ class VAEModel:
     mean, log_var = self._posterior(params, batch['image'])
     eps = jax.random.normal(rng_z, mean.shape, mean.dtype)
     z = mean + jnp.exp(0.5 * log_var) * eps  # the reparameterisation trick
-    recon = -self._log_likelihood(self._decode_raw(params, z), x)  # [B]
+    recon = -self._log_likelihood(self._pixel_params(params, z, x), x)  # [B]
     kl = distributions.gaussian_kl_standard(mean, log_var).reshape(mean.shape[0], -1).sum(-1)  # [B]
     beta = beta_at(self.objective, batch.get('step', jnp.zeros((), jnp.int32)))
     loss = jnp.mean(recon + beta * kl)
@@ -210,21 +259,30 @@ class VAEModel:
       return mean
     return mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape, mean.dtype)
 
-  def decode(self, params: Any, latents: jax.Array) -> jax.Array:
-    """latents [B, *latent_shape] (VQ: code indices [B, h, w]) -> mean images [B, H, W, C] in [-1, 1]."""
+  def decode(self, params: Any, latents: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    """latents [B, *latent_shape] (VQ: code indices [B, h, w]) -> mean images [B, H, W, C] in [-1, 1].
+
+    With a pixel head there is no closed-form mean: the pixels are drawn one by one
+    (binary images in {-1, 1}) with `rng` (default PRNGKey(0), so decode stays a function).
+    """
     if self.config.kind == 'vq':
       latents = params['codebook']['codebook'][latents]  # [B, h, w, Z]
-    return self._mean_image(self._decode_raw(params, latents))
+    out = self._decode_raw(params, latents)
+    if self.config.pixel_window:
+      rng = jax.random.PRNGKey(0) if rng is None else rng
+      return 2.0 * self._draw_pixels(params, out, rng) - 1.0
+    return self._mean_image(out)
 
-  def reconstruct(self, params: Any, images: jax.Array) -> jax.Array:
+  def reconstruct(self, params: Any, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     """decode(encode(images)) with the posterior mean: [B, H, W, C] in [-1, 1]."""
-    return self.decode(params, self.encode(params, images))
+    return self.decode(params, self.encode(params, images), rng)
 
   def interpolate(self, params: Any, a: jax.Array, b: jax.Array, num: int,
                   method: str = 'linear') -> jax.Array:
     """Decoded path between the latents of images a and b [H, W, C]: [num, H, W, C].
 
     `method` 'linear' or 'spherical' (slerp, the natural path under a Gaussian prior).
+    With a pixel head every image on the path is drawn with the same key.
     """
     if self.config.kind == 'vq':
       raise JaxgenError('a VQ-VAE has discrete latents; interpolate a Gaussian VAE instead.')
@@ -268,15 +326,18 @@ class VAEModel:
     z = jax.random.normal(rng, (num, *self.latent_shape))
     if sharding is not None:
       z = jax.lax.with_sharding_constraint(z, sharding)
-    return self.decode(params, z)
+    return self.decode(params, z, jax.random.fold_in(rng, 1))
 
   def evaluations_per_sample(self, **options: Any) -> int:
     return 1
 
   def forward_flops(self) -> float | None:
-    """FLOPs of one encoder + decoder pass on one image, by XLA's cost analysis (nothing runs)."""
+    """FLOPs of one encoder + decoder pass on one image (with a pixel head, all pixels at once,
+    as in training and likelihoods), by XLA's cost analysis (nothing runs)."""
     x = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)
     params = jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0), {'image': jnp.zeros(x.shape)}))
+    if self.config.pixel_window:
+      return hlo_flops(lambda p, im: self._pixel_params(p, self.encode(p, im), im), params, x)
     return hlo_flops(self.reconstruct, params, x)
 
   # ------------------------------------------------------------------ likelihood
@@ -289,7 +350,7 @@ class VAEModel:
 
     def one(rng_k):
       z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng_k, mean.shape, mean.dtype)
-      log_px = self._log_likelihood(self._decode_raw(params, z), x)
+      log_px = self._log_likelihood(self._pixel_params(params, z, x), x)
       log_pz = flat(distributions.gaussian_log_prob(z, 0.0, jnp.zeros_like(z)))
       log_qz = flat(distributions.gaussian_log_prob(z, mean, log_var))
       return log_px + log_pz - log_qz  # [B]
@@ -329,4 +390,10 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) 
     raise JaxgenError('a VQ-VAE quantises a latent grid: set model.network=conv and model.spatial=True.')
   if cfg.likelihood == 'bernoulli' and image_shape[-1] != 1:
     raise JaxgenError('the bernoulli likelihood is for binarized grayscale images; use logistic.')
+  if cfg.pixel_window < 0 or (cfg.pixel_window and cfg.pixel_window % 2 == 0):
+    raise JaxgenError(f'model.pixel_window={cfg.pixel_window} must be an odd window size, or 0 '
+                      f'for no pixel head.')
+  if cfg.pixel_window and (cfg.likelihood != 'bernoulli' or cfg.kind != 'gaussian'):
+    raise JaxgenError('the pixel head (model.pixel_window > 0) draws binary pixels: it needs '
+                      'model.likelihood=bernoulli and model.kind=gaussian; set model.pixel_window=0.')
   return VAEModel(cfg, objective, tuple(image_shape))

@@ -6,9 +6,17 @@
   a vector [B, Z] (a dense layer on the flattened grid) or, with `spatial`, a
   grid [B, h, w, Z] (the KL and VQ autoencoders that latent models use).
 
+- `PixelHead`: a local autoregressive decoder head (the variational lossy
+  autoencoder of Chen et al. 2017, a small PixelCNN): pixel (i, j)'s likelihood
+  parameters from the decoder's features at (i, j) and the pixels before it in
+  raster order within a k x k window, so that z carries the global shape and the
+  head the local texture. Evaluated on the whole image (training, likelihoods)
+  or at one pixel from a cache (drawing pixels one by one).
+
 Encoders return `out_dim` numbers per latent element position (2*Z for a
 Gaussian posterior: mean and log-variance; Z for a VQ encoder). Decoders
-return `out_ch` channels per pixel: the likelihood's parameters.
+return `out_ch` channels per pixel: the likelihood's parameters, or with a
+`PixelHead` the features it conditions on.
 """
 
 from typing import Any, Sequence
@@ -16,6 +24,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxgen.nn.masked_conv import Pad, WindowConv
 
 Dtype = Any
 
@@ -118,3 +128,43 @@ class ConvDecoder(nn.Module):
       for _ in range(self.num_res_blocks):
         h = ResBlock(self.dtype)(h)
     return nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(nn.silu(h)).astype(jnp.float32)
+
+
+class PixelHead(nn.Module):
+  """out(i, j) = mix(causal window conv of x at (i, j) + dense(cond(i, j))), mix a per-pixel
+  residual MLP. The window covers the k//2 rows above and the k//2 pixels to the left of
+  (i, j) (mask 'A': not (i, j) itself), so out(i, j) depends only on earlier pixels."""
+  kernel: int  # k, odd
+  features: int
+  layers: int
+  in_ch: int  # image channels C
+  out_ch: int
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    r = self.kernel // 2
+    self.window = WindowConv(self.in_ch, self.features, (r + 1, self.kernel), (r, r), mask='A',
+                             groups=self.in_ch, dtype=self.dtype)
+    self.cond = nn.Dense(self.features, dtype=self.dtype)
+    self.hidden = [nn.Dense(self.features, dtype=self.dtype) for _ in range(self.layers)]
+    self.out = nn.Dense(self.out_ch, dtype=self.dtype)
+
+  @property
+  def pad(self) -> Pad:
+    """The zero border (top, left, right) of the cache `at` reads."""
+    r = self.kernel // 2
+    return (r, r, r)
+
+  def _mix(self, h: jax.Array) -> jax.Array:  # [..., features] -> [..., out_ch]
+    for layer in self.hidden:
+      h = h + layer(nn.gelu(h))
+    return self.out(nn.gelu(h)).astype(jnp.float32)
+
+  def __call__(self, cond: jax.Array, x: jax.Array) -> jax.Array:
+    """cond [B, H, W, F] (decoder features), x [B, H, W, C] (the pixels) -> [B, H, W, out_ch]."""
+    return self._mix(self.window(x) + self.cond(cond))
+
+  def at(self, cond: jax.Array, cache: jax.Array, i: jax.Array, j: jax.Array) -> jax.Array:
+    """Pixel (i, j) only: cond [B, F] (the features at (i, j)), cache [B, Hp, Wp, C] (the pixels
+    drawn so far, padded by `pad`) -> [B, out_ch]. Equal to `__call__`'s output at (i, j)."""
+    return self._mix(self.window.at(cache, i, j, self.pad) + self.cond(cond))
