@@ -4,6 +4,8 @@
         --guidance 0,1,3,5 --guidance-steps 25 --json guidance.json --plot guidance
     python -m benchmarks.diffusion_quality --workdir runs/ddpm_cfg_mnist --num 100 --batch 50 \
         --guidance '' --curve dpmpp2m:10,20,ddim:10,20,50,heun:5,10,ddpm --json steps.json --plot steps
+    python -m benchmarks.diffusion_quality --workdir runs/ddpm_mnist --num 200 --batch 50 \
+        --guidance '' --classifier-scale 0,1,2,4 --json clf.json --plot clf
 
 (the runs of benchmarks/results/diffusion_quality_mnist.md).
 
@@ -14,13 +16,17 @@ and the accuracy: how often the classifier names the class each image was
 asked for. `--guidance` points use `--guidance-sampler` at `--guidance-steps`;
 `--curve` points use guidance scale `--curve-guidance` (default 1: plain
 conditional sampling) and list SAMPLER[:STEPS,...] ('ddpm' always runs all T
-steps). With --prompt-accuracy (text-conditioned latent models) the points
-cycle the prompts "a handwritten {digit}" and the accuracy is the prompt's.
+steps). `--classifier-scale` points use the run's noise-conditional classifier
+(`jaxgen train-classifier`) at those scales, with `--guidance-sampler` and
+`--guidance-steps` and classifier-free guidance `--curve-guidance` (0 on a
+model trained with label dropout: its unconditional mode): the
+classifier-guidance trade-off, for unconditional models too. Text-conditioned latent models cycle
+the prompts "a handwritten {digit}" and the accuracy is the prompt's.
 
 Numbers at one --num are comparable with each other only: FID is biased
 upwards at small sample counts. The same seed draws the same starting noise
-for every point. --plot writes PREFIX_guidance.png and PREFIX_steps.png
-(needs matplotlib).
+for every point. --plot writes PREFIX_guidance.png, PREFIX_steps.png and
+PREFIX_classifier.png, for the curves that ran (needs matplotlib).
 """
 
 import argparse
@@ -31,6 +37,7 @@ from typing import Any
 
 from benchmarks import common
 from jaxgen import run as run_lib
+from jaxgen.diffusion import classifier as classifier_lib
 from jaxgen.errors import JaxgenError
 from jaxgen.eval import evaluate
 
@@ -68,23 +75,27 @@ def point(run: Any, *, num: int, batch: int, seed: int, **options: Any) -> dict[
   return row
 
 
-def plot(prefix: str, guidance_rows: list[dict], curve_rows: list[dict], title: str) -> list[str]:
+def plot(prefix: str, guidance_rows: list[dict], curve_rows: list[dict], title: str,
+         classifier_rows: list[dict] = ()) -> list[str]:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   written = []
-  if guidance_rows:
+  for rows, key, symbol, name in ((guidance_rows, 'guidance', 'w', 'guidance'),
+                                  (classifier_rows, 'classifier_scale', 's', 'classifier')):
+    if not rows:
+      continue
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    ax.plot([r['accuracy'] for r in guidance_rows], [r['fid'] for r in guidance_rows], 'o-')
-    for r in guidance_rows:
-      ax.annotate(f"w={r['guidance']:g}", (r['accuracy'], r['fid']), textcoords='offset points',
+    ax.plot([r['accuracy'] for r in rows], [r['fid'] for r in rows], 'o-')
+    for r in rows:
+      ax.annotate(f"{symbol}={r[key]:g}", (r['accuracy'], r['fid']), textcoords='offset points',
                   xytext=(4, 4))
     ax.set_xlabel('classifier accuracy (asked-for class)')
     ax.set_ylabel('FID (feature network)')
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(f'{prefix}_guidance.png', dpi=120)
-    written.append(f'{prefix}_guidance.png')
+    fig.savefig(f'{prefix}_{name}.png', dpi=120)
+    written.append(f'{prefix}_{name}.png')
   if curve_rows:
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for sampler in dict.fromkeys(r['sampler'] for r in curve_rows):
@@ -112,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--guidance-sampler', default='ddim')
   parser.add_argument('--guidance-steps', type=int, default=50)
   parser.add_argument('--curve', default='', help="SAMPLER[:STEPS,...],... ('' to skip)")
-  parser.add_argument('--curve-guidance', type=float, default=1.0)
+  parser.add_argument('--curve-guidance', type=float, default=1.0,
+                      help='classifier-free guidance of the --curve and --classifier-scale points')
+  parser.add_argument('--classifier-scale', default='',
+                      help="classifier-guidance scales, e.g. 0,1,2,4 ('' to skip; needs "
+                           "`jaxgen train-classifier`)")
   parser.add_argument('--eta', type=float, default=None,
                       help="DDIM noise scale of the ddim points (default: the run config's)")
   parser.add_argument('--json', default=None, help='write the rows and the machine here')
@@ -121,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     guidance = [float(w) for w in args.guidance.split(',') if w.strip()]
+    scales = [float(s) for s in args.classifier_scale.split(',') if s.strip()]
     curve = parse_curve(args.curve)
     run = run_lib.load_run(args.workdir, params=args.params)
+    guided_run = classifier_lib.attach_classifier(run) if any(scales) else run
     common_opts = dict(label=-1)
     if args.eta is not None:
       common_opts['eta'] = args.eta
@@ -134,17 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     for sampler, steps in curve:
       opts = dict(common_opts, sampler=sampler, steps=steps, guidance=args.curve_guidance)
       curve_rows.append(point(run, num=args.num, batch=args.batch, seed=args.seed, **opts))
-  except JaxgenError as e:
+    classifier_rows = [point(guided_run, num=args.num, batch=args.batch, seed=args.seed,
+                             sampler=args.guidance_sampler, steps=args.guidance_steps,
+                             guidance=args.curve_guidance, classifier_scale=s, **common_opts)
+                       for s in scales]
+  except (JaxgenError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   title = f'{args.workdir} step {run.step}, {args.num} samples'
   command = ' '.join(['python -m benchmarks.diffusion_quality'] + (argv or sys.argv[1:]))
   record = dict(common.machine(command),
                 workdir=args.workdir, step=run.step, params=args.params, num=args.num,
-                guidance=guidance_rows, curve=curve_rows)
+                guidance=guidance_rows, curve=curve_rows, classifier=classifier_rows)
   common.write_json(args.json, record)
   if args.plot:
-    print('wrote', ', '.join(plot(args.plot, guidance_rows, curve_rows, title)))
+    print('wrote', ', '.join(plot(args.plot, guidance_rows, curve_rows, title, classifier_rows)))
   return 0
 
 
