@@ -4,8 +4,9 @@
         --guidance 0,1,3,5 --guidance-steps 25 --json guidance.json --plot guidance
     python -m benchmarks.diffusion_quality --workdir runs/ddpm_cfg_mnist --num 100 --batch 50 \
         --guidance '' --curve dpmpp2m:10,20,ddim:10,20,50,heun:5,10,ddpm --json steps.json --plot steps
-    python -m benchmarks.diffusion_quality --workdir runs/ddpm_mnist --num 200 --batch 50 \
-        --guidance '' --classifier-scale 0,1,2,4 --json clf.json --plot clf
+    python -m benchmarks.diffusion_quality --workdir runs/ddpm_cfg_mnist --num 200 --batch 50 \
+        --guidance '' --guidance-steps 25 --curve-guidance 0 --classifier-scale 0,1,2,4,8 \
+        --json clf.json --plot clf
 
 (the runs of benchmarks/results/diffusion_quality_mnist.md).
 
@@ -17,11 +18,12 @@ asked for. `--guidance` points use `--guidance-sampler` at `--guidance-steps`;
 `--curve` points use guidance scale `--curve-guidance` (default 1: plain
 conditional sampling) and list SAMPLER[:STEPS,...] ('ddpm' always runs all T
 steps). `--classifier-scale` points use the run's noise-conditional classifier
-(`jaxgen train-classifier`) at those scales, with `--guidance-sampler` and
+(`jaxgen train-classifier`) at those scales, with `--guidance-sampler`,
 `--guidance-steps` and classifier-free guidance `--curve-guidance` (0 on a
 model trained with label dropout: its unconditional mode): the
-classifier-guidance trade-off, for unconditional models too. Text-conditioned latent models cycle
-the prompts "a handwritten {digit}" and the accuracy is the prompt's.
+classifier-guidance trade-off, for unconditional models too. Text-conditioned
+latent models cycle the prompts "a handwritten {digit}" and the accuracy is
+the prompt's.
 
 Numbers at one --num are comparable with each other only: FID is biased
 upwards at small sample counts. The same seed draws the same starting noise
@@ -58,6 +60,14 @@ def parse_curve(spec: str) -> list[tuple[str, int]]:
       raise JaxgenError(f'--curve must start with a sampler name, got {spec!r}.')
     points.append((sampler, int(steps)))
   return points
+
+
+def parse_scales(flag: str, spec: str) -> list[float]:
+  """'0,1,2.5' -> [0.0, 1.0, 2.5]; '' -> []; JaxgenError naming `flag` otherwise."""
+  try:
+    return [float(v) for v in spec.split(',') if v.strip()]
+  except ValueError:
+    raise JaxgenError(f'{flag} must be comma-separated numbers, got {spec!r}.') from None
 
 
 def point(run: Any, *, num: int, batch: int, seed: int, **options: Any) -> dict[str, Any]:
@@ -135,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                       help='write PREFIX_guidance.png and PREFIX_steps.png')
   args = parser.parse_args(argv)
   try:
-    guidance = [float(w) for w in args.guidance.split(',') if w.strip()]
-    scales = [float(s) for s in args.classifier_scale.split(',') if s.strip()]
+    guidance = parse_scales('--guidance', args.guidance)
+    scales = parse_scales('--classifier-scale', args.classifier_scale)
     curve = parse_curve(args.curve)
     run = run_lib.load_run(args.workdir, params=args.params)
     guided_run = classifier_lib.attach_classifier(run) if any(scales) else run
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                              sampler=args.guidance_sampler, steps=args.guidance_steps,
                              guidance=args.curve_guidance, classifier_scale=s, **common_opts)
                        for s in scales]
-  except (JaxgenError, ValueError) as e:
+  except JaxgenError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   title = f'{args.workdir} step {run.step}, {args.num} samples'

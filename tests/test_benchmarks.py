@@ -96,3 +96,11 @@ def test_diffusion_quality_curve_spec():
   assert diffusion_quality.parse_curve('') == []
   with pytest.raises(JaxgenError, match='sampler name'):
     diffusion_quality.parse_curve('10,20')
+
+
+def test_diffusion_quality_scale_lists():
+  from benchmarks import diffusion_quality
+  assert diffusion_quality.parse_scales('--classifier-scale', '0,1, 2.5') == [0.0, 1.0, 2.5]
+  assert diffusion_quality.parse_scales('--guidance', '') == []
+  with pytest.raises(JaxgenError, match=r"--classifier-scale must be comma-separated numbers, got '1,x'\."):
+    diffusion_quality.parse_scales('--classifier-scale', '1,x')
