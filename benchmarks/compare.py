@@ -15,6 +15,13 @@ other's memory. Writes each process's JSON and `summary.json` / `summary.md`
 summary last. Without torch and diffusers installed, the peer is reported as
 missing and only jaxgen runs.
 
+The h200 preset also runs ablations: the default workload again with one
+config override (`model.attention=xla`: XLA's attention instead of cuDNN's
+fused kernel; `model.split_skip=False`: the UNet's skip concatenations written
+to memory; `model.remat=True` for training), tabled beside the default's
+figure, so each speed option's effect is measured in the same run. `--set
+KEY=VALUE` applies an override to every jaxgen stage.
+
 --budget (seconds) bounds the whole command: a stage that would start after
 it is skipped and named in the summary, and a stage still running at the end
 is stopped, so the command fits a lease on a borrowed accelerator.
@@ -33,28 +40,36 @@ from typing import Any
 CIFAR = 'experiments/ddpm_cifar10.py'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the stages run from the repo root
 
-# name -> (module, arguments); {out} is the output folder. In priority order.
+# name -> (module, arguments); {out} is the output folder. In priority order (a --budget
+# drops the last). Stages named jaxgen_sampling_* / jaxgen_training_* other than the
+# defaults are ablations: the same workload with one config override (--set), reported
+# beside the default's figure in the summary.
+_SAMPLING = ['--config', CIFAR, '--dtype', 'bfloat16', '--samplers', 'ddpm', '--batch', '1024',
+             '--time-steps', '40', '--repeats', '5']
+_TRAINING = ['--config', CIFAR, '--dtype', 'bfloat16', '--batch', '512', '--steps', '30']
 PRESETS: dict[str, list[tuple[str, str, list[str]]]] = {
     'h200': [
         ('jaxgen_sampling', 'benchmarks.sampling',
-         ['--config', CIFAR, '--dtype', 'bfloat16', '--samplers', 'ddpm', '--batch', '1024',
-          '--time-steps', '40', '--repeats', '5', '--measure-ceiling',
-          '--profile', '{out}/profile_sampling']),
+         [*_SAMPLING, '--measure-ceiling', '--profile', '{out}/profile_sampling']),
         ('peer_sampling', 'benchmarks.peers.diffusers_unet',
          ['--what', 'sampling', '--batch', '1024', '--modes', 'compile-bf16,eager-bf16,eager-fp32',
           '--time-steps', '40']),
-        ('jaxgen_training', 'benchmarks.training',
-         ['--config', CIFAR, '--dtype', 'bfloat16', '--batch', '512', '--steps', '30',
-          '--profile', '{out}/profile_training']),
+        ('jaxgen_training', 'benchmarks.training', [*_TRAINING, '--profile', '{out}/profile_training']),
         ('peer_training', 'benchmarks.peers.diffusers_unet',
          ['--what', 'training', '--batch', '512', '--modes', 'compile-bf16,eager-bf16',
           '--train-steps', '30']),
+        ('jaxgen_sampling_xla_attention', 'benchmarks.sampling',
+         [*_SAMPLING, '--set', 'model.attention=xla']),
+        ('jaxgen_sampling_concat_skips', 'benchmarks.sampling',
+         [*_SAMPLING, '--set', 'model.split_skip=False']),
+        ('jaxgen_training_remat', 'benchmarks.training', [*_TRAINING, '--set', 'model.remat=True']),
         ('jaxgen_ddim', 'benchmarks.sampling',
-         ['--config', CIFAR, '--dtype', 'bfloat16,float32', '--samplers', 'ddim', '--batch', '16',
+         ['--config', CIFAR, '--dtype', 'bfloat16', '--samplers', 'ddim', '--batch', '16',
           '--ddim-steps', '50', '--repeats', '10']),
         ('peer_ddim', 'benchmarks.peers.diffusers_unet',
-         ['--what', 'ddim', '--batch', '16', '--modes', 'eager-fp32,eager-bf16,compile-fp32',
-          '--ddim-steps', '50']),
+         ['--what', 'ddim', '--batch', '16', '--modes', 'eager-fp32', '--ddim-steps', '50']),
+        ('jaxgen_training_xla_attention', 'benchmarks.training',
+         [*_TRAINING, '--set', 'model.attention=xla']),
         ('jaxgen_sampling_full', 'benchmarks.sampling',
          ['--config', CIFAR, '--dtype', 'bfloat16', '--samplers', 'ddpm', '--batch', '1024',
           '--repeats', '1', '--warmup', '0']),
@@ -88,6 +103,9 @@ PRESETS: dict[str, list[tuple[str, str, list[str]]]] = {
         ('jaxgen_ddim', 'benchmarks.sampling',
          ['--config', CIFAR + ':smoke', '--samplers', 'ddim', '--batch', '1', '--ddim-steps', '2',
           '--repeats', '1']),
+        ('jaxgen_sampling_concat_skips', 'benchmarks.sampling',
+         ['--config', CIFAR + ':smoke', '--samplers', 'ddpm', '--batch', '2', '--time-steps', '2',
+          '--repeats', '1', '--set', 'model.split_skip=False']),
     ],
 }
 
@@ -144,6 +162,19 @@ def summarise(out: str, ran: dict[str, str]) -> dict[str, Any]:
     if best:
       s['training'].update(peer_best_mode=best['mode'],
                            ratio_vs_best=j_train['images_per_s'] / best['images_per_s'])
+  variants = []
+  for name in ran:
+    kind = next((k for k in ('sampling', 'training') if name.startswith(f'jaxgen_{k}_')), None)
+    row = _best(get(name)) if kind and name != 'jaxgen_sampling_full' else None
+    if row and kind in s:
+      base = s[kind]
+      variants.append(dict(stage=name, what=kind, overrides=[o for o in (_load(out, name) or {}).get('overrides', [])
+                                                    if not o.startswith('model.dtype=')],
+                           images_per_s=row['images_per_s'], ms_per_step=row['ms_per_step'],
+                           peak_bytes=row['peak_bytes'],
+                           vs_default=row['images_per_s'] / base['jaxgen_images_per_s']))
+  if variants:
+    s['variants'] = variants
   j_ddim, p_ddim = get('jaxgen_ddim'), get('peer_ddim')
   if j_ddim:
     fast = _best(j_ddim)
@@ -205,6 +236,12 @@ def markdown(s: dict[str, Any]) -> str:
     lines.append(f'\nSampling compute limit (measured bf16 matmul ceiling / peer-counted FLOPs): '
                  f'{r["compute_limit_images_per_s"]:.1f} images/s; jaxgen reaches '
                  f'{100 * r["jaxgen_fraction_of_limit"]:.0f}% of it.')
+  if s.get('variants'):
+    lines += ['', '| ablation (jaxgen, one override) | images/s | ms/step | peak | default / this |',
+              '| --- | --- | --- | --- | --- |']
+    for v in s['variants']:
+      lines.append(f'| {v["what"]}: {" ".join(v["overrides"]) or "-"} | {_num(v["images_per_s"])} | '
+                   f'{v["ms_per_step"]:.2f} | {_gib(v["peak_bytes"])} | {1 / v["vs_default"]:.3f}x |')
   skipped = [k for k, v in s['stages'].items() if v != 'ok']
   if skipped:
     lines.append('\nStages not measured: ' + ', '.join(f'{k} ({s["stages"][k]})' for k in skipped) + '.')
@@ -217,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument('--out', required=True, help='folder for the JSON files and the summary')
   parser.add_argument('--budget', type=float, default=0, help='seconds for the whole command (0: none)')
   parser.add_argument('--only', default=None, help='comma-separated stage names to run')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override for every jaxgen stage, e.g. --set model.attention=xla')
   args = parser.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   has_peer = all(importlib.util.find_spec(m) for m in ('torch', 'diffusers'))
@@ -234,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       continue
     cmd = [sys.executable, '-m', module, *[a.format(out=args.out) for a in stage_args],
            '--json', os.path.join(args.out, f'{name}.json')]
+    if name.startswith('jaxgen'):
+      cmd += [a for kv in args.set for a in ('--set', kv)]
     if left is not None:
       cmd += ['--deadline', str(max(left - 60, 1))]
     print(f'== {name}: {" ".join(cmd[1:])}', flush=True)

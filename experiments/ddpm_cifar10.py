@@ -20,7 +20,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.data = dict(name='cifar10', random_flip=True)
   config.model = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-                      dropout=0.1, num_classes=0, dtype='float32')
+                      dropout=0.1, num_classes=0, dtype='float32',
+                      # speed and memory only (the same function): see jaxgen.diffusion.unet.UNetConfig
+                      attention='auto', split_skip=True, remat=False)
   # prediction: 'eps' | 'x0' | 'v'; label_dropout > 0 (with model.num_classes) enables guidance.
   config.diffusion = dict(schedule='linear', num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
                           prediction='eps', label_dropout=0.0)

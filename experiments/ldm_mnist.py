@@ -41,7 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(ch=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(8, 4),
                       dropout=0.0, num_classes=10, dtype='float32', pad_to_fit=True,
                       context_dim=64, num_heads=4, transformer_depth=1, conditioning='text',
-                      text_width=64, text_layers=2, text_max_len=32)
+                      text_width=64, text_layers=2, text_max_len=32,
+                      attention='auto', split_skip=True, remat=False)
   config.diffusion = dict(schedule='linear', num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
                           prediction='eps', label_dropout=0.1, autoencoder='runs/kl_ae_mnist',
                           latent_scale=0.858)  # 1 / std of kl_autoencoder_mnist.py's latents

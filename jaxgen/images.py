@@ -3,6 +3,7 @@
 import math
 import os
 import tempfile
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -50,9 +51,14 @@ def save_grid(path: str, images: np.ndarray, ncols: int | None = None) -> None:
   atomic_write(path, lambda tmp: mode_img.save(tmp, format='PNG'))
 
 
-def save_npz(path: str, images: np.ndarray) -> None:
-  """Writes uint8 [N, H, W, C] images to `path` under the key 'images' (atomically)."""
+def save_npz(path: str, images: np.ndarray, labels: Sequence[int] | None = None) -> None:
+  """Writes uint8 [N, H, W, C] images to `path` under the key 'images' (atomically), and
+  int32 [N] `labels` (the class each image was drawn for) under 'labels' if given."""
+  arrays = {'images': images}
+  if labels is not None:
+    arrays['labels'] = np.asarray(labels, np.int32)
+
   def write(tmp):
     with open(tmp, 'wb') as f:
-      np.savez(f, images=images)
+      np.savez(f, **arrays)
   atomic_write(path, write)

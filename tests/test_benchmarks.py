@@ -61,12 +61,20 @@ def test_harness_smoke_and_summary(tmp_path):
   for name, rows in peer_rows.items():
     with open(f'{out}/{name}.json', 'w') as f:
       json.dump({'results': rows}, f)
-  summary = compare.summarise(out, {'jaxgen_sampling': 'ok'})
+  # An ablation stage (one config override) at half the default's speed.
+  with open(f'{out}/jaxgen_sampling_concat_skips.json', 'w') as f:
+    json.dump({'overrides': ['model.split_skip=False'],
+               'results': [dict(row, images_per_s=row['images_per_s'] / 2)]}, f)
+  summary = compare.summarise(out, {'jaxgen_sampling': 'ok', 'jaxgen_sampling_concat_skips': 'ok'})
   assert summary['sampling']['ratio_vs_best'] == pytest.approx(2.0)
+  variant, = summary['variants']
+  assert variant['overrides'] == ['model.split_skip=False']
+  assert variant['vs_default'] == pytest.approx(0.5)
   assert summary['training']['ratio_vs_best'] == pytest.approx(2.0)
   assert summary['ddim']['ratio_vs_eager_fp32'] == pytest.approx(2.0)
   text = compare.markdown(summary)
   assert '2.00x' in text and 'compile-bf16' in text
+  assert '| sampling: model.split_skip=False |' in text and '| 2.000x |' in text
 
 
 def test_sampling_benchmark_runs_any_family(tmp_path):

@@ -52,8 +52,10 @@ def test_cli_sample_npz_and_png(trained, tmp_path):
   out = tmp_path / 'samples.npz'
   assert cli.main(['sample', '--workdir', workdir, '--num', '10', '--out', str(out),
                    '--batch', '8', '--steps', '5']) == 0
-  images = np.load(out)['images']
+  data = np.load(out)
+  images = data['images']
   assert images.shape == (10, 28, 28, 1) and images.dtype == np.uint8
+  assert 'labels' not in data  # an unconditional model draws no asked-for classes
   png = tmp_path / 'grid.png'
   assert cli.main(['sample', '--workdir', workdir, '--num', '4', '--out', str(png),
                    '--sampler', 'ddpm']) == 0

@@ -105,3 +105,84 @@ def test_attention_block_is_single_head_softmax_attention():
   want = h + out
   np.testing.assert_allclose(np.asarray(block.apply(params, x)).reshape(2, 16, 32), want,
                              rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- speed options: the same function
+
+
+@pytest.mark.parametrize('silu', [False, True])
+def test_group_norm_matches_flax_forward_and_gradients(silu):
+  import flax.linen as nn
+  from jaxgen.nn.norm import GroupNorm
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 6, 64)) * 2 + 0.7  # groups of 2 channels
+  w = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+  ref, ours = nn.GroupNorm(num_groups=32, epsilon=1e-6), GroupNorm(silu=silu)
+  params = ref.init(jax.random.PRNGKey(1), x)
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.PRNGKey(2), a.shape), params)
+  assert jax.tree.structure(params) == jax.tree.structure(ours.init(jax.random.PRNGKey(1), x))
+
+  def loss(module, act):
+    def f(p, x):
+      y = module.apply(p, x)
+      return jnp.sum((nn.silu(y) if act else y) * w)
+    return jax.value_and_grad(f, argnums=(0, 1))(params, x)
+  (want, (want_p, want_x)), (got, (got_p, got_x)) = loss(ref, silu), loss(ours, False)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(got_x, want_x, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(got_p), jax.tree.leaves(want_p)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_parts_dense_is_dense_on_the_concatenation():
+  import flax.linen as nn
+  from jaxgen.nn.blocks import PartsDense, default_init
+  a = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, 12))
+  b = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 3, 20))
+  dense = nn.Dense(8, kernel_init=default_init)
+  params = dense.init(jax.random.PRNGKey(2), jnp.concatenate([a, b], -1))
+  params = jax.tree.map(lambda p: p + 0.1, params)
+  parts = PartsDense(8)
+  assert jax.tree.map(jnp.shape, parts.init(jax.random.PRNGKey(2), (a, b))) == jax.tree.map(jnp.shape, params)
+  want = dense.apply(params, jnp.concatenate([a, b], -1))
+  np.testing.assert_allclose(parts.apply(params, (a, b)), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(parts.apply(params, (jnp.concatenate([a, b], -1),)), want, rtol=1e-6)
+
+
+def test_split_skips_and_remat_compute_the_same_function():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  t = jnp.array([3, 500])
+  results = []
+  for options in ({}, {'split_skip': False}, {'remat': True}):
+    unet = UNet(UNetConfig(**{**TINY.__dict__, **options}))
+    params = jax.jit(unet.init)(jax.random.PRNGKey(1), x, t)['params']
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
+
+    def loss(p, unet=unet):
+      out = unet.apply({'params': p}, x, t, train=True, rngs={'dropout': jax.random.PRNGKey(4)})
+      return jnp.sum(out ** 2)
+    results.append((params, *jax.jit(jax.value_and_grad(loss))(params)))
+  (params, value, grads), others = results[0], results[1:]
+  for other_params, other_value, other_grads in others:
+    # The same parameter tree and values (a checkpoint serves every option), loss and gradients.
+    assert jax.tree.structure(other_params) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, other_params, params)
+    np.testing.assert_allclose(other_value, value, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(other_grads), jax.tree.leaves(grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_attention_kernel_choice():
+  from jaxgen.nn.kernels import pick_attention
+  bf16 = jnp.bfloat16
+  assert pick_attention('auto', bf16, 256, compute_capability=None) is None  # CPU, TPU: XLA
+  assert pick_attention('auto', bf16, 256, compute_capability=9.0) == 'cudnn'  # Hopper: up to 256
+  assert pick_attention('auto', bf16, 256, compute_capability=8.0) is None  # Ampere: up to 128
+  assert pick_attention('auto', bf16, 128, compute_capability=8.0) == 'cudnn'
+  assert pick_attention('auto', jnp.float32, 64, compute_capability=9.0) is None  # 16-bit only
+  assert pick_attention('auto', bf16, 60, compute_capability=9.0) is None  # multiple of 8
+  assert pick_attention('xla', bf16, 64, compute_capability=9.0) is None
+  assert pick_attention('cudnn', jnp.float32, 64, compute_capability=None) == 'cudnn'  # forced
+  with pytest.raises(ValueError, match='attention must be one of'):
+    pick_attention('flash', bf16, 64, compute_capability=9.0)
+  with pytest.raises(ValueError, match='model.attention'):
+    UNetConfig(attention='flash')

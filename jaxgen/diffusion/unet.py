@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn.attention import SpatialTransformer
-from jaxgen.nn.blocks import AttnBlock, Downsample, ResBlock, Upsample, default_init, group_norm, zeros_init
+from jaxgen.nn.blocks import (CONV_OUTPUT, AttnBlock, Downsample, ResBlock, Upsample, default_init,
+                               group_norm, zeros_init)
 from jaxgen.nn.embeddings import timestep_embedding
+from jaxgen.nn.kernels import IMPLEMENTATIONS as ATTENTION_KERNELS
 from jaxgen.nn.text import TextEncoder
 
 CONDITIONINGS = ('class', 'text')
@@ -58,6 +60,16 @@ class UNetConfig:
       projected to context_dim when they differ.
     text_layers: transformer layers of the text encoder.
     text_max_len: longest prompt in bytes (tokens).
+    attention: the attention kernel, 'auto' (cuDNN's fused flash attention on
+      NVIDIA GPUs with bfloat16 compute, XLA's elsewhere), 'xla' or 'cudnn'
+      (`jaxgen.nn.kernels`).
+    split_skip: hand each up-path block its input and skip connection as two
+      arrays (`ResBlock`, `PartsDense`) instead of their concatenation, which
+      XLA then never writes to memory. The same function and parameters either
+      way; True is faster and lighter on GPUs (benchmarks/results/h200_speed.md).
+    remat: recompute the normalisations and activations of every residual
+      block in the backward pass, keeping only the convolution outputs
+      (`jax.checkpoint`): less training memory for some extra time.
   """
   ch: int = 128
   ch_mult: tuple[int, ...] = (1, 2, 2, 2)
@@ -74,10 +86,15 @@ class UNetConfig:
   text_width: int = 0
   text_layers: int = 2
   text_max_len: int = 32
+  attention: str = 'auto'
+  split_skip: bool = True
+  remat: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'ch_mult', tuple(self.ch_mult))
     object.__setattr__(self, 'attn_resolutions', tuple(self.attn_resolutions))
+    if self.attention not in ATTENTION_KERNELS:
+      raise ValueError(f'model.attention must be one of {ATTENTION_KERNELS}, got {self.attention!r}.')
 
 
 class UNet(nn.Module):
@@ -135,13 +152,23 @@ class UNet(nn.Module):
         y = jnp.full(x.shape[:1], cfg.num_classes, jnp.int32)
       emb = emb + nn.Embed(cfg.num_classes + 1, 4 * ch, dtype=dtype, name='label_emb')(y)
 
-    def res(h, out_ch):
-      return ResBlock(out_ch, cfg.dropout, dtype)(h, emb, train=train)
+    block = ResBlock
+    if cfg.remat:
+      # static_argnums counts self: `train` (argument 3) stays a Python bool.
+      block = nn.remat(ResBlock, static_argnums=(3,),
+                       policy=jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT))
+
+    n_res = iter(range(10 ** 6))
+
+    def res(h, out_ch):  # h: [B, H, W, C] or a tuple of them to concatenate
+      # Named as Flax names a plain ResBlock, so remat leaves the parameter tree unchanged.
+      return block(out_ch, cfg.dropout, dtype, name=f'ResBlock_{next(n_res)}')(h, emb, train)
 
     def attn(h):
       if context is None:
-        return AttnBlock(dtype)(h)
-      return SpatialTransformer(cfg.num_heads, cfg.transformer_depth, dtype)(h, context, mask)
+        return AttnBlock(dtype, cfg.attention)(h)
+      return SpatialTransformer(cfg.num_heads, cfg.transformer_depth, dtype, cfg.attention)(
+          h, context, mask)
 
     h = nn.Conv(ch, (3, 3), dtype=dtype, kernel_init=default_init, name='conv_in')(x.astype(dtype))
     hs = [h]
@@ -160,13 +187,14 @@ class UNet(nn.Module):
 
     for level, mult in reversed(list(enumerate(cfg.ch_mult))):
       for _ in range(cfg.num_res_blocks + 1):
-        h = res(jnp.concatenate([h, hs.pop()], axis=-1), ch * mult)
+        skip = hs.pop()
+        h = res((h, skip) if cfg.split_skip else jnp.concatenate([h, skip], axis=-1), ch * mult)
         if h.shape[1] in cfg.attn_resolutions:
           h = attn(h)
       if level != 0:
         h = Upsample(dtype)(h)
     assert not hs
 
-    h = nn.silu(group_norm(dtype)(h))
+    h = group_norm(dtype, silu=True)(h)
     h = nn.Conv(x.shape[-1], (3, 3), dtype=dtype, kernel_init=zeros_init, name='conv_out')(h)
     return h[:, :size[0], :size[1]].astype(jnp.float32)

@@ -275,7 +275,7 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
     labels = None
     batches = run.iter_generate(num, seed=seed, batch=batch, progress=True, **sample_options)
     if 'accuracy' in sample_metrics:
-      batches, labels = _with_requested_labels(run.model, batches, sample_options)
+      batches, labels = with_requested_labels(run.model, batches, sample_options)
     result.update(sample_options=run.model.sample_options(**sample_options),
                   **evaluate_images(batches, real or f'{dataset}:train', metrics=sample_metrics,
                                     features=features or default_features(dataset), labels=labels))
@@ -296,15 +296,18 @@ def evaluate_run(run: Any, *, metrics: Sequence[str] = ('fid',), num: int = 10_0
   return result
 
 
-def _with_requested_labels(model: Any, batches: Iterator[np.ndarray], options: dict[str, Any]
-                           ) -> tuple[Iterator[np.ndarray], list[int]]:
+def with_requested_labels(model: Any, batches: Iterator[np.ndarray], options: dict[str, Any],
+                          required: bool = True) -> tuple[Iterator[np.ndarray], list[int] | None]:
   """`batches` unchanged, and a list that fills with the class each image was asked for.
 
   Every sampler call draws for `model.requested_labels(len(batch))` (class `label`,
   or cycling from class 0 in each call); a trimmed last batch keeps a prefix of it.
+  A model that draws no asked-for classes is an error, or (required=False) gives None.
   """
   requested = getattr(model, 'requested_labels', None)
   if requested is None or requested(1, **options) is None:
+    if not required:
+      return batches, None
     raise JaxgenError('accuracy needs a model that draws samples of asked-for classes '
                       '(a conditional model, or a diffusion model with --classifier-scale or --prompt).')
   labels: list[int] = []

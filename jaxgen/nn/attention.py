@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn.blocks import default_init, group_norm, zeros_init
+from jaxgen.nn.kernels import dot_product_attention
 
 Dtype = Any
 
@@ -28,10 +29,12 @@ class Attention(nn.Module):
   Call: x [B, N, C]; context [B, L, D] or None (self-attention: the context is
   x); mask bool [B, L] or None, False for padded context entries, which then get
   no weight (every row needs at least one True entry). Returns [B, N, C].
+  attention: the kernel, 'auto', 'xla' or 'cudnn' (`jaxgen.nn.kernels`).
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   out_init: Any = default_init
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -47,7 +50,7 @@ class Attention(nn.Module):
     v = dense('value')(context)  # [B, L, K, E]
     if mask is not None:
       mask = mask[:, None, None, :]  # [B, 1 (heads), 1 (queries), L]
-    h = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, N, K, E]
+    h = dot_product_attention(q, k, v, mask=mask, implementation=self.attention)  # [B, N, K, E]
     return nn.DenseGeneral(c, axis=(-2, -1), dtype=self.dtype, kernel_init=self.out_init,
                            name='out')(h)  # [B, N, C]
 
@@ -76,13 +79,15 @@ class TransformerBlock(nn.Module):
   """
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                mask: jax.Array | None = None) -> jax.Array:
     ln = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)
-    x = x + Attention(self.num_heads, self.dtype, name='self_attn')(ln('norm1')(x))
-    x = x + Attention(self.num_heads, self.dtype, name='cross_attn')(
+    attn = lambda name: Attention(self.num_heads, self.dtype, attention=self.attention, name=name)
+    x = x + attn('self_attn')(ln('norm1')(x))
+    x = x + attn('cross_attn')(
         ln('norm2')(x), context, None if context is None else mask)
     return x + FeedForward(dtype=self.dtype, name='ff')(ln('norm3')(x))
 
@@ -96,10 +101,12 @@ class SpatialTransformer(nn.Module):
 
   Call: x [B, H, W, C] (C divisible by 32 for the GroupNorm and by num_heads);
   context [B, L, D] or None; mask bool [B, L] or None. Returns [B, H, W, C].
+  attention: the kernel of its attention layers (`jaxgen.nn.kernels`).
   """
   num_heads: int
   depth: int = 1
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
@@ -109,7 +116,8 @@ class SpatialTransformer(nn.Module):
     h = nn.Dense(c, dtype=self.dtype, kernel_init=default_init, name='proj_in')(h)  # a 1x1 conv
     h = h.reshape(b, hgt * wid, c)  # [B, N = H W, C]
     for i in range(self.depth):
-      h = TransformerBlock(self.num_heads, self.dtype, name=f'block_{i}')(h, context, mask)
+      h = TransformerBlock(self.num_heads, self.dtype, self.attention, name=f'block_{i}')(
+          h, context, mask)
     h = h.reshape(b, hgt, wid, c)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=zeros_init, name='proj_out')(h)
     return x + h

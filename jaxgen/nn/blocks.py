@@ -4,11 +4,15 @@ Every module takes `dtype` (computation) and keeps parameters in float32, so
 that one config flag switches a model to bfloat16 compute on accelerators.
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from jaxgen.nn.kernels import dot_product_attention
+from jaxgen.nn.norm import GroupNorm
 
 Dtype = Any
 
@@ -17,43 +21,83 @@ Dtype = Any
 zeros_init = nn.initializers.zeros
 # The DDPM reference initialises with variance scaling (fan_avg, uniform).
 default_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+# The name of a ResBlock's convolution outputs, for remat policies.
+CONV_OUTPUT = 'resblock_conv'
 
 
-def group_norm(dtype: Dtype, name: str | None = None) -> nn.GroupNorm:
-  """GroupNorm(32) with the epsilon of the DDPM reference (1e-6)."""
-  return nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
+def group_norm(dtype: Dtype, name: str | None = None, silu: bool = False) -> GroupNorm:
+  """GroupNorm(32) with the epsilon of the DDPM reference (1e-6), SiLU after it if `silu`."""
+  return GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, silu=silu, name=name)
+
+
+class PartsDense(nn.Module):
+  """`nn.Dense` applied to the channel concatenation of `parts`, one product per part.
+
+  Input: a sequence of [..., C_i]; output [..., features]. Parameters are those of
+  `nn.Dense(features)` on the concatenation (kernel [sum C_i, features], bias),
+  so a checkpoint does not depend on how the input arrives. The concatenation
+  itself is never formed: a matrix product needs its operand in memory, and
+  a concatenated UNet skip input is the largest activation of the network.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, parts: Sequence[jax.Array]) -> jax.Array:
+    c_in = sum(p.shape[-1] for p in parts)
+    kernel = self.param('kernel', default_init, (c_in, self.features), jnp.float32).astype(self.dtype)
+    bias = self.param('bias', zeros_init, (self.features,), jnp.float32).astype(self.dtype)
+    out, start = None, 0
+    for part in parts:
+      c = part.shape[-1]
+      y = jnp.dot(part.astype(self.dtype), kernel[start:start + c])  # [..., features]
+      out, start = y if out is None else out + y, start + c
+    return out + bias
 
 
 class ResBlock(nn.Module):
   """Residual block with a time (and class) embedding, Ho et al. 2020.
 
-  Inputs x: [B, H, W, C]; emb: [B, E]. Output: [B, H, W, out_ch].
+  Inputs x: [B, H, W, C], or a tuple of [B, H, W, C_i] whose channel
+  concatenation is the input (a UNet's up-path input and its skip
+  connection: the concatenation then only ever exists inside the fused
+  normalisation kernels); emb: [B, E]. Output: [B, H, W, out_ch].
+
+  The outputs of its two convolutions are named CONV_OUTPUT
+  (`jax.ad_checkpoint.checkpoint_name`), so that a remat policy can keep them
+  and recompute the cheap normalisations in the backward pass.
   """
   out_ch: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
-    h = nn.silu(group_norm(self.dtype)(x))
+  def __call__(self, x: jax.Array | Sequence[jax.Array], emb: jax.Array,
+               train: bool) -> jax.Array:
+    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)  # [B, H, W, C]
+    h = group_norm(self.dtype, silu=True)(x)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=default_init)(h)
+    h = checkpoint_name(h, CONV_OUTPUT)
     h = h + nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init)(
         nn.silu(emb))[:, None, None, :]
-    h = nn.silu(group_norm(self.dtype)(h))
+    h = group_norm(self.dtype, silu=True)(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zeros_init)(h)
+    h = checkpoint_name(h, CONV_OUTPUT)
     if x.shape[-1] != self.out_ch:
-      x = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init, name='skip')(x)
+      x = PartsDense(self.out_ch, self.dtype, name='skip')(parts)
     return x + h
 
 
 class AttnBlock(nn.Module):
   """Single-head spatial self-attention with a residual connection.
 
-  Input and output: [B, H, W, C]. Uses `jax.nn.dot_product_attention`, which
-  picks a fused kernel where the backend has one.
+  Input and output: [B, H, W, C]. attention: 'auto' (cuDNN's fused kernel where
+  it applies), 'xla' or 'cudnn' (`jaxgen.nn.kernels`).
   """
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -64,7 +108,7 @@ class AttnBlock(nn.Module):
     # One product, then slices: three products with kernel slices were no faster on an H200
     # (benchmarks/results/h200_speed.md).
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, L, 1, C]
-    h = jax.nn.dot_product_attention(q, k, v)  # [B, L, 1, C]
+    h = dot_product_attention(q, k, v, implementation=self.attention)  # [B, L, 1, C]
     h = h.reshape(b, hgt, wid, c)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=zeros_init, name='proj_out')(h)
     return x + h
