@@ -46,6 +46,7 @@ from jaxgen.diffusion.schedules import Schedule, q_sample
 from jaxgen.errors import JaxgenError
 from jaxgen.nn.blocks import AttnBlock, Downsample, ResBlock, default_init
 from jaxgen.nn.embeddings import timestep_embedding
+from jaxgen.nn.norm import GroupNorm
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.state import OptimConfig, create_train_state, make_optimizer, make_train_step
 
@@ -138,7 +139,7 @@ class NoisyClassifier(nn.Module):
       if level != len(cfg.ch_mult) - 1:
         h = Downsample()(h)  # [B, ceil(H' / 2), ceil(W' / 2), ch * mult]
     h = jnp.mean(h, axis=(1, 2))  # [B, C']
-    h = nn.silu(nn.GroupNorm(num_groups=1, epsilon=1e-6, name='norm_out')(h))  # [B, C']
+    h = GroupNorm(num_groups=1, epsilon=1e-6, silu=True, name='norm_out')(h)  # [B, C']
     return nn.Dense(self.num_classes, kernel_init=default_init, name='logits')(h)  # [B, K]
 
 
