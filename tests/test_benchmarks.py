@@ -112,3 +112,22 @@ def test_diffusion_quality_scale_lists():
   assert diffusion_quality.parse_scales('--guidance', '') == []
   with pytest.raises(JaxgenError, match=r"--classifier-scale must be comma-separated numbers, got '1,x'\."):
     diffusion_quality.parse_scales('--classifier-scale', '1,x')
+
+
+def test_flops_of_a_cudnn_attention_model_are_counted_as_xla_attention():
+  # cuDNN's attention has no CPU lowering, where FLOPs are counted (and here it cannot even be
+  # traced): the counts use XLA's attention, the same products. An H200 run once failed on this.
+  from jaxgen.train import trainer  # pylint: disable=g-import-not-at-top
+  xla, cudnn = (config_lib.load_config(SMOKE, [f'model.attention={k}', 'train.batch_size=8'])
+                for k in ('xla', 'cudnn'))
+  s = trainer.setup(xla)
+  state = jax.eval_shape(s.init_state)
+  data = {'image': jax.ShapeDtypeStruct((8, *s.model.image_shape), jnp.float32),
+          'label': jax.ShapeDtypeStruct((8,), jnp.int32)}
+
+  def cudnn_step(state, data):  # stands for the GPU step, which cannot lower for the CPU
+    raise NotImplementedError('no CPU lowering')
+  want = training.step_flops(xla, s.step_fn, state, data)
+  assert want and training.step_flops(cudnn, cudnn_step, state, data) == want
+  cudnn_model = families.build(cudnn, s.model.image_shape)
+  assert cudnn_model.forward_flops() == s.model.forward_flops() > 0

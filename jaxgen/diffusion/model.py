@@ -440,15 +440,18 @@ class DiffusionModel:
 
     A latent model's UNet runs on one latent; a text model's includes its text encoder on a
     prompt of text_max_len tokens. The autoencoder's decoder (once per sample) is not counted.
+    Attention is counted as XLA's kernel (cuDNN's has no CPU lowering; the same products).
     """
+    unet = self.unet.clone(config=dataclasses.replace(self.unet.config, attention='xla'))
+    portable = dataclasses.replace(self, unet=unet)
     x = jax.ShapeDtypeStruct((1, *self.diffusion_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.int32)
-    params = jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0),
-                                              {'image': jnp.zeros((1, *self.image_shape))}))
+    params = jax.eval_shape(lambda: portable.init(jax.random.PRNGKey(0),
+                                                  {'image': jnp.zeros((1, *self.image_shape))}))
     if self.text_conditioned:
       y = jax.ShapeDtypeStruct((1, self.unet.config.text_max_len), jnp.int32)
-      return hlo_flops(lambda p, x, t, y: self.unet.apply({'params': p}, x, t, y), params, x, t, y)
-    return hlo_flops(lambda p, x, t: self.unet.apply({'params': p}, x, t), params, x, t)
+      return hlo_flops(lambda p, x, t, y: unet.apply({'params': p}, x, t, y), params, x, t, y)
+    return hlo_flops(lambda p, x, t: unet.apply({'params': p}, x, t), params, x, t)
 
   def nll(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array,
           sharding: jax.sharding.Sharding | None = None) -> jax.Array:
