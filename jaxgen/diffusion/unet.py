@@ -13,6 +13,7 @@ DDPM's, a class label (if any) added to the time embedding.
 """
 
 import dataclasses
+import itertools
 from typing import Any
 
 import flax.linen as nn
@@ -158,7 +159,7 @@ class UNet(nn.Module):
       block = nn.remat(ResBlock, static_argnums=(3,),
                        policy=jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT))
 
-    n_res = iter(range(10 ** 6))
+    n_res = itertools.count()
 
     def res(h, out_ch):  # h: [B, H, W, C] or a tuple of them to concatenate
       # Named as Flax names a plain ResBlock, so remat leaves the parameter tree unchanged.
