@@ -38,6 +38,19 @@ def compile_aot(fn: Callable, *args: Any, donate_argnums: tuple[int, ...] = ()) 
   return compiled, time.perf_counter() - t0
 
 
+def flops_or_none(count: Callable[[], float | None]) -> float | None:
+  """`count()`, or None (said on stdout) if the program has a kernel with no CPU lowering.
+
+  FLOPs are counted on a CPU lowering (`jaxgen.nn.flops.hlo_flops`); a timing
+  already taken must not be lost to a kernel that only exists on the device.
+  """
+  try:
+    return count()
+  except NotImplementedError as e:
+    print(f'FLOPs not counted: {e}', flush=True)
+    return None
+
+
 def program_bytes(compiled: Any) -> int | None:
   """Device memory one call of a compiled program needs: arguments + outputs + temporaries - aliased.
 

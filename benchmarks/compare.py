@@ -162,17 +162,17 @@ def summarise(out: str, ran: dict[str, str]) -> dict[str, Any]:
     if best:
       s['training'].update(peer_best_mode=best['mode'],
                            ratio_vs_best=j_train['images_per_s'] / best['images_per_s'])
-  variants = []
+  variants = []  # ablation stages: the default workload with one config override
   for name in ran:
     kind = next((k for k in ('sampling', 'training') if name.startswith(f'jaxgen_{k}_')), None)
     row = _best(get(name)) if kind and name != 'jaxgen_sampling_full' else None
     if row and kind in s:
-      base = s[kind]
-      variants.append(dict(stage=name, what=kind, overrides=[o for o in (_load(out, name) or {}).get('overrides', [])
-                                                    if not o.startswith('model.dtype=')],
+      overrides = (_load(out, name) or {}).get('overrides', [])
+      variants.append(dict(stage=name, what=kind,
+                           overrides=[o for o in overrides if not o.startswith('model.dtype=')],
                            images_per_s=row['images_per_s'], ms_per_step=row['ms_per_step'],
                            peak_bytes=row['peak_bytes'],
-                           vs_default=row['images_per_s'] / base['jaxgen_images_per_s']))
+                           vs_default=row['images_per_s'] / s[kind]['jaxgen_images_per_s']))
   if variants:
     s['variants'] = variants
   j_ddim, p_ddim = get('jaxgen_ddim'), get('peer_ddim')

@@ -105,11 +105,7 @@ def bench(model, params, family: str, sampler: str, batch: int, dtype: str | Non
   seconds = common.median_seconds(lambda: compiled(params, rng), args.repeats, args.warmup)
   chain_s = seconds * chain_evals / timed_evals
   # A cached autoregressive step computes one position, not a whole network evaluation.
-  try:
-    flops = None if sampler == 'cached' else model.forward_flops()
-  except NotImplementedError as e:  # a kernel with no CPU lowering: keep the timing, say why
-    print(f'FLOPs not counted: {e}', flush=True)
-    flops = None
+  flops = None if sampler == 'cached' else common.flops_or_none(model.forward_flops)
   row = dict(family=family, sampler=sampler, batch=batch, steps=chain_evals,
              timed_steps=timed_evals, dtype=dtype or 'config',
              images_per_s=batch / chain_s, ms_per_step=1e3 * seconds / timed_evals,

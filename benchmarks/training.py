@@ -84,11 +84,7 @@ def bench(config_spec: str, overrides: list[str], batch: int, args) -> dict[str,
       holder[0], _ = compiled(holder[0], data)
       return holder[0]
     common.print_profile(common.profile_once(one_step, f'{args.profile}_b{batch}.json.gz'))
-  try:
-    flops = step_flops(config, pure_step[0], state, data)
-  except NotImplementedError as e:  # a kernel with no CPU lowering: keep the timing, say why
-    print(f'FLOPs not counted: {e}', flush=True)
-    flops = None
+  flops = common.flops_or_none(lambda: step_flops(config, pure_step[0], state, data))
   row = dict(family=config.family, batch=batch, dtype=config.model.get('dtype', 'float32'),
              devices=s.mesh.devices.size, fsdp=s.train.fsdp, images_per_s=batch / seconds,
              ms_per_step=1e3 * seconds, compile_s=compile_s,

@@ -306,14 +306,14 @@ def _sample(args) -> None:
     return
   options = _sample_options(args)
   run.model.sample_options(**options)  # check options before the long part
+  from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
   batches = run.iter_generate(args.num, seed=args.seed, batch=args.batch, progress=True, **options)
-  if ext == '.npz':  # with the asked-for classes, for `jaxgen eval --fake FILE --metrics accuracy`
-    from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
-    batches, labels = evaluate.with_requested_labels(run.model, batches, options, required=False)
-    images = np.concatenate(list(batches))
+  # The asked-for classes (None for unconditional draws), for `jaxgen eval --fake FILE.npz`.
+  batches, labels = evaluate.with_requested_labels(run.model, batches, options, required=False)
+  images = np.concatenate(list(batches))
+  if ext == '.npz':
     images_lib.save_npz(args.out, images, labels)
   else:
-    images = np.concatenate(list(batches))
     images_lib.save_grid(args.out, images)
   print(f'Wrote {len(images)} images {images.shape[1:]} from step {run.step} to {args.out}.')
 
