@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -92,6 +93,19 @@ def test_resume_refuses_another_model(mnist_env, trained):
   workdir, _ = trained
   with pytest.raises(JaxgenError, match='another model'):
     trainer.train_and_evaluate(smoke_config('model.ch=64'), workdir)
+
+
+def test_execution_keys_do_not_make_another_model():
+  """Kernel, layout and remat choices compute the same function with the same parameters: a run
+  may switch them on resume, and a config saved before they existed still matches."""
+  saved = smoke_config().to_dict()
+  for key in checkpoint.EXECUTION_KEYS['model']:
+    del saved['model'][key]  # a checkpoint written before these keys existed
+  saved = ml_collections.ConfigDict(saved)
+  checkpoint.check_same_model(saved, smoke_config('model.remat=True', 'model.attention=xla',
+                                                  'model.split_skip=False'), 'w')
+  with pytest.raises(JaxgenError, match=r'config\.model differs'):
+    checkpoint.check_same_model(saved, smoke_config('model.ch_mult=(1, 2, 2)'), 'w')
 
 
 @pytest.mark.slow  # CI time: its own optimizer compile, ~80 s; test_injected_nan_stops_naming_the_step covers the stop

@@ -29,6 +29,10 @@ from jaxgen.errors import JaxgenError
 # Config sections that define what a checkpoint contains: a run may change its
 # length or logging on resume, but not these.
 MODEL_SECTIONS = ('family', 'model', 'diffusion', 'data')
+# Keys of those sections that choose how the same function is computed (kernels,
+# layouts, recomputation; same parameter tree): a run may change them on resume,
+# and a checkpoint written before they existed still resumes.
+EXECUTION_KEYS = {'model': ('attention', 'split_skip', 'remat')}
 
 
 def checkpoint_dir(workdir: str, subdir: str = 'checkpoints') -> str:
@@ -197,11 +201,14 @@ def set_aside(workdir: str, steps: list[int], subdir: str = 'checkpoints') -> li
 def check_same_model(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                      workdir: str) -> None:
   """Raises JaxgenError when `workdir` holds a run of a different model."""
-  def canonical(value):
+  def canonical(name, section):
+    value = section.get(name)
     value = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    if isinstance(value, dict):
+      value = {k: v for k, v in value.items() if k not in EXECUTION_KEYS.get(name, ())}
     return json.dumps(value, sort_keys=True, default=list)  # tuples and lists compare equal
 
   for name in MODEL_SECTIONS:
-    if canonical(saved.get(name)) != canonical(config.get(name)):
+    if canonical(name, saved) != canonical(name, config):
       raise JaxgenError(f'{workdir} holds a checkpoint of another model (config.{name} differs); '
                         f'use a new --workdir or the config it was trained with.')
