@@ -12,6 +12,14 @@ unconditional noise and `--guidance W` mixes them (W = 1: conditional, 0:
 unconditional). The trade-off curve (domain-classifier accuracy and FID at
 W = 0, 1, 3, 5) and FID against steps for DDPM, DDIM, Heun and DPM-Solver++
 are in benchmarks/results/diffusion_quality_mnist.md (`python -m benchmarks.diffusion_quality`).
+The deterministic samplers (DPM-Solver++, Heun, DDIM with eta 0) improve most
+once the learning rate decays: resuming to 5,000 steps with a cosine decay,
+
+    jaxgen train --config experiments/ddpm_cfg_mnist.py --workdir runs/ddpm_cfg_mnist \
+        --config.train.num_steps=5000 --config.optim.decay_steps=5000
+
+took DPM-Solver++ at 20 steps from FID 63.1 at step 3,000 to 19.8 at step
+4,000 (500 samples each; the same results file).
 `:smoke` shrinks it to seconds.
 """
 
