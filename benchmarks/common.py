@@ -97,7 +97,7 @@ def machine(command: str) -> dict[str, Any]:
   info = dict(date=datetime.date.today().isoformat(), host_machine=platform.machine(),
               python=platform.python_version(), jax=jax.__version__,
               backend=jax.default_backend(), devices=[d.device_kind for d in jax.devices()],
-              command=command)
+              command=command, xla_flags=os.environ.get('XLA_FLAGS', ''))
   try:
     import flax  # pylint: disable=g-import-not-at-top
     info['flax'] = flax.__version__
@@ -159,6 +159,7 @@ def profile_once(fn: Callable[[], Any], out_file: str) -> str | None:
     found = glob.glob(os.path.join(tmp, '**', 'perfetto_trace.json.gz'), recursive=True)
     if not found:
       return None
+    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
     shutil.copy(found[0], out_file)
   return out_file
 

@@ -65,6 +65,7 @@ def bench(config_spec: str, overrides: list[str], batch: int, args) -> dict[str,
   compile_s = time.perf_counter() - t0
 
   def run(state, n):
+    metrics = None  # n = 0: a warm-up of no steps
     for _ in range(n):
       state, metrics = compiled(state, data)
     jax.block_until_ready(state)
@@ -115,6 +116,8 @@ def main(argv: list[str]) -> dict[str, Any]:
   parser.add_argument('--deadline', type=float, default=0, help='skip rows starting after this many s')
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
+  if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+    parser.error('--steps and --repeats must be at least 1 and --warmup at least 0.')
 
   deadline = common.Deadline(args.deadline)
   if args.measure_ceiling:

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Sequence
 
+from jaxgen import xla_flags
 from jaxgen.errors import JaxgenError
 
 CONFIG_PREFIX = '--config.'
@@ -595,6 +596,7 @@ def _edit(args) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  xla_flags.prefer_xla_cpu_kernels()  # before JAX starts a backend; see jaxgen.xla_flags
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     rest, overrides = _split_overrides(argv)

@@ -1,6 +1,7 @@
 """The benchmark harness at its smallest size (no timing asserted), and the numbers it derives."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,8 @@ def test_harness_smoke_and_summary(tmp_path):
                  '--repeats', '1', '--loop', '--json', f'{out}/jaxgen_sampling.json'])
   sampling.main(['--config', SMOKE, '--samplers', 'ddim', '--batch', '1', '--ddim-steps', '2',
                  '--dtype', 'bfloat16', '--repeats', '1', '--json', f'{out}/jaxgen_ddim.json'])
-  training.main(['--config', SMOKE, '--batch', '8', '--steps', '1', '--warmup', '1', '--repeats', '1',
+  # --warmup 0: no untimed step at all (this once raised UnboundLocalError).
+  training.main(['--config', SMOKE, '--batch', '8', '--steps', '1', '--warmup', '0', '--repeats', '1',
                  '--json', f'{out}/jaxgen_training.json'])
   with open(f'{out}/jaxgen_sampling.json') as f:
     record = json.load(f)
@@ -45,6 +47,7 @@ def test_harness_smoke_and_summary(tmp_path):
   assert row['images_per_s'] == pytest.approx(2 / (row['ms_per_step'] / 1e3 * 100))
   assert row['loop_ms_per_step'] > 0 and row['forward_gflops_per_image'] > 0
   assert 'benchmarks.sampling' in record['command']
+  assert record['xla_flags'] == os.environ.get('XLA_FLAGS', '')  # the CPU kernels in use
 
   # A peer that is exactly half as fast everywhere gives ratios of exactly 2.
   peer_rows = {
