@@ -1,4 +1,4 @@
-"""DDPM on MNIST: a small UNet that draws recognisable digits after ~15 CPU minutes.
+"""DDPM on MNIST: a small UNet that draws recognisable digits after 3,000 steps (18-40 CPU minutes).
 
     jaxgen train --config experiments/ddpm_mnist.py --workdir runs/ddpm_mnist
     jaxgen sample --workdir runs/ddpm_mnist --num 64 --out samples.png --sampler ddim --steps 100
@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                            lr=1e-3, weight_decay=0.05, steps=1000, batch=64)
   config.optim = dict(lr=2e-3, warmup_steps=200, decay_steps=0, end_lr_frac=0.0,
                       b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0)
-  # About 15 minutes on a 2-core CPU (~0.3 s per step).
+  # 2-core CPU VMs: ~0.35 s per step (2026-11-23's), ~0.73 s (an AVX2-only one, 2026-11-27, with
+  # jaxgen.xla_flags; benchmarks/results/cpu_convolutions.md).
   config.train = dict(batch_size=32, num_steps=3000, ema_decay=0.998, log_every=50,
                       checkpoint_every=500, keep_checkpoints=3, sample_every=1000, num_grid=64,
                       # Evaluation during training (eval_every=0: off); see `jaxgen eval --help`.
