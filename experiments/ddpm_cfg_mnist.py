@@ -20,6 +20,9 @@ once the learning rate decays: resuming to 5,000 steps with a cosine decay,
 
 took DPM-Solver++ at 20 steps from FID 63.1 at step 3,000 to 14.2 at step
 5,000 (500 samples each; DDIM with eta 1 at 20 steps: 6.1; the same results file).
+A second cosine cycle to step 9,000 (`--config.train.num_steps=9000
+--config.optim.decay_steps=9000 --config.optim.lr=1e-3`) brought it to 11.9
+against DDPM-1000's 7.8 (300 samples; 1.53x, from 1.87x at step 5,000).
 `:smoke` shrinks it to seconds.
 """
 

@@ -19,9 +19,6 @@ import tempfile
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
                       '--xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-from jaxgen import xla_flags  # noqa: E402  (imports no JAX)
-
-xla_flags.prefer_xla_cpu_kernels()  # CPU kernels as `jaxgen` runs them (jaxgen.xla_flags)
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jaxgen-test-jit-'))
 
 import pytest  # noqa: E402
