@@ -16,8 +16,9 @@ compiler; GPU and TPU programs are unaffected.
 XLA reads XLA_FLAGS once, when JAX first starts a backend, and aborts the
 process on a flag it does not know; so the flag is added only where this
 jaxlib's XLA has both the flag and the value, and must be set before the first
-JAX computation. `jaxgen`, `python -m benchmarks.*` and the tests call it
-first thing; in your own scripts call it yourself, before using JAX:
+JAX computation. `jaxgen` and `python -m benchmarks.*` call it first thing
+(the test suite does not: see tests/test_xla_flags.py); in your own scripts
+call it yourself, before using JAX:
 
     from jaxgen import xla_flags
     xla_flags.prefer_xla_cpu_kernels()
