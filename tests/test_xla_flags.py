@@ -5,8 +5,6 @@ import re
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 from jaxgen import xla_flags
