@@ -1,7 +1,7 @@
 """The `jaxgen` command line: a thin layer that parses flags and calls the library.
 
     jaxgen train  --config experiments/NAME.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
-    jaxgen sample --workdir DIR --num N --out FILE.npz|FILE.png [--sampler ddpm|ddim|dpmpp2m|heun] ...
+    jaxgen sample --workdir DIR --num N --out FILE.npz|FILE.png [--sampler ddpm|ddim|dpmpp2m|dpmpp2m_sde|heun] ...
     jaxgen eval   --workdir DIR --metrics fid,bpd ...
     jaxgen train-classifier --workdir DIR [--num-steps N] [--batch B] [--seed S]
     jaxgen info   --config experiments/NAME.py[:ARG] [--config.KEY=VALUE ...]
@@ -21,7 +21,7 @@ from jaxgen import xla_flags
 from jaxgen.errors import JaxgenError
 
 CONFIG_PREFIX = '--config.'
-SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m', 'heun', 'cached', 'naive')  # diffusion; autoregressive
+SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m', 'dpmpp2m_sde', 'heun', 'cached', 'naive')  # diffusion; autoregressive
 EDIT_TASKS = ('inpaint', 'img2img', 'interpolate')
 
 
@@ -70,12 +70,12 @@ def _parser() -> argparse.ArgumentParser:
   sample.add_argument('--num', type=int, required=True, help='number of images')
   sample.add_argument('--out', required=True, metavar='FILE.npz|FILE.png', help='output file')
   sample.add_argument('--sampler', choices=SAMPLERS, default=None,
-                      help="diffusion: ddpm|ddim|dpmpp2m|heun; autoregressive: cached|naive "
+                      help="diffusion: ddpm|ddim|dpmpp2m|dpmpp2m_sde|heun; autoregressive: cached|naive "
                            "(default: the config's)")
   sample.add_argument('--temperature', type=float, default=None,
                       help="autoregressive: logits divided by it (default: the config's)")
   sample.add_argument('--steps', type=int, default=None,
-                      help='ddim/dpmpp2m/heun timesteps K (heun: 2K-1 evaluations; default: the config\'s)')
+                      help='ddim/dpmpp2m(_sde)/heun timesteps K (heun: 2K-1 evaluations; default: the config\'s)')
   sample.add_argument('--guidance', type=float, default=None,
                       help='diffusion: classifier-free guidance scale (1: none; needs a model trained '
                            'with diffusion.label_dropout > 0)')
@@ -130,9 +130,9 @@ def _parser() -> argparse.ArgumentParser:
   ev.add_argument('--params', choices=('ema', 'raw'), default='ema',
                   help='with --workdir: EMA parameters (default) or the raw trained ones (short runs)')
   ev.add_argument('--sampler', choices=SAMPLERS, default=None,
-                  help='diffusion: ddpm|ddim|dpmpp2m|heun; autoregressive: cached|naive')
+                  help='diffusion: ddpm|ddim|dpmpp2m|dpmpp2m_sde|heun; autoregressive: cached|naive')
   ev.add_argument('--temperature', type=float, default=None, help='autoregressive: logit temperature')
-  ev.add_argument('--steps', type=int, default=None, help='ddim/dpmpp2m/heun timesteps')
+  ev.add_argument('--steps', type=int, default=None, help='ddim/dpmpp2m(_sde)/heun timesteps')
   ev.add_argument('--guidance', type=float, default=None, help='diffusion: classifier-free guidance scale')
   ev.add_argument('--classifier-scale', type=float, default=None, metavar='S',
                   help='diffusion: classifier guidance scale (needs `jaxgen train-classifier` first)')

@@ -319,6 +319,91 @@ def test_few_step_sample_distribution():
     assert np.all(np.abs(x.std(0) / STD - 1) < std_tol), (sampler, k, x.std(0) / STD - 1)
 
 
+def _exact_sde_dpmpp2m_moments(k):
+  """Mean and std [4] of SDE-DPM-Solver++(2M)'s output on the Gaussian problem, in float64.
+
+  With the exact (affine) noise predictor every step is affine in the state
+  (x_t, x0_last) and the fresh noise, so the state stays Gaussian: its mean
+  [D, 2] and covariance [D, 2, 2] are carried through the update rule of
+  `samplers.dpmpp2m_step` (eta = 1), written out again here from Lu et al.'s
+  formulas, from x_{T-1} ~ N(0, I) to the final x0 prediction.
+  """
+  abar = np.cumprod(1 - np.linspace(1e-4, 0.02, T))
+  a, s = np.sqrt(abar), np.sqrt(1 - abar)
+  lam = np.log(a / s)
+  var = STD ** 2
+  timesteps, nexts = samplers.logsnr_timesteps(SCHEDULE, k)
+  mean = np.zeros((MU.size, 2))  # (x_t, x0_last) per dimension
+  cov = np.zeros((MU.size, 2, 2))
+  cov[:, 0, 0] = 1.0
+  t_last = -1
+  for t, t_next in zip(timesteps, nexts):
+    # x0 prediction = c1 x_t + c0 (the posterior mean of x0 given x_t).
+    c1 = a[t] * var / (a[t] ** 2 * var + s[t] ** 2)
+    c0 = MU * s[t] ** 2 / (a[t] ** 2 * var + s[t] ** 2)
+    if t_next < 0:
+      return c1 * mean[:, 0] + c0, np.abs(c1) * np.sqrt(cov[:, 0, 0])
+    h = lam[t_next] - lam[t]
+    q = 0.5 * h / (lam[t] - lam[t_last]) if t_last >= 0 else 0.0  # 1 / (2r)
+    keep = s[t_next] / s[t] * np.exp(-h)
+    mix = a[t_next] * (1 - np.exp(-2 * h))
+    noise_var = s[t_next] ** 2 * (1 - np.exp(-2 * h))
+    # (x_next, x0) = M (x_t, x0_last) + const + (noise, 0).
+    m = np.zeros((MU.size, 2, 2))
+    m[:, 0, 0] = keep + mix * (1 + q) * c1
+    m[:, 0, 1] = -mix * q
+    m[:, 1, 0] = c1
+    const = np.stack([mix * (1 + q) * c0, c0], axis=1)
+    mean = np.einsum('dij,dj->di', m, mean) + const
+    cov = np.einsum('dij,djk,dlk->dil', m, cov, m)
+    cov[:, 0, 0] += noise_var
+    t_last = t
+  raise AssertionError('the last step goes to clean data')
+
+
+def test_sde_solver_output_distribution():
+  # The exact output distribution (float64 moments) approaches the data's as
+  # the steps grow (std off by at most 3.5%, 1.0%, 0.25% at K = 20, 40, 80:
+  # weak second order), and the sampler's samples have those moments.
+  ks = (20, 40, 80)
+  std_errors = []
+  for k in ks:
+    mean, std = _exact_sde_dpmpp2m_moments(k)
+    assert np.all(np.abs(mean - MU) < 1e-3), (k, mean - MU)
+    std_errors.append(np.abs(std / STD - 1).max())
+  assert std_errors[0] > 3 * std_errors[1] > 9 * std_errors[2], std_errors
+  assert std_errors[2] < 0.005, std_errors
+
+  n = 16384
+  k = 20
+  draw = jax.jit(lambda rng: samplers.sample(GAUSS_EPS, SCHEDULE, rng, (n, *SHAPE),
+                                             sampler='dpmpp2m_sde', steps=k, clip_x0=False))
+  x = np.asarray(draw(jax.random.key(5)), np.float64).reshape(n, -1)
+  mean, std = _exact_sde_dpmpp2m_moments(k)
+  # 5 standard errors of the sample mean and std.
+  assert np.all(np.abs(x.mean(0) - mean) < 5 * std / np.sqrt(n)), (x.mean(0) - mean)
+  assert np.all(np.abs(x.std(0) / std - 1) < 5 / np.sqrt(2 * n)), (x.std(0) / std - 1)
+
+
+def test_sde_solver_at_eta_zero_is_the_ode_solver():
+  schedule = linear_schedule(30)
+  x_T = np.random.default_rng(7).normal(size=(4, *SHAPE)).astype(np.float32)
+  step = jax.jit(functools.partial(samplers.dpmpp2m_step, crude_eps_fn, schedule),
+                 static_argnames=('eta',))
+  x0_last, t, t_next, t_last = np.zeros_like(x_T), jnp.int32(20), jnp.int32(12), jnp.int32(27)
+  ode = step(x_T, x0_last, t, t_next, t_last)
+  np.testing.assert_array_equal(step(x_T, x0_last, t, t_next, t_last, eta=0.0,
+                                     rng_loop=jax.random.key(0))[0], ode[0])
+  sde_a = step(x_T, x0_last, t, t_next, t_last, eta=1.0, rng_loop=jax.random.key(0))[0]
+  sde_b = step(x_T, x0_last, t, t_next, t_last, eta=1.0, rng_loop=jax.random.key(1))[0]
+  assert not np.allclose(sde_a, ode[0]) and not np.allclose(sde_a, sde_b)
+  # The step to clean data returns the x0 prediction whatever eta.
+  np.testing.assert_array_equal(
+      step(x_T, x0_last, t, jnp.int32(-1), t_last, eta=1.0, rng_loop=jax.random.key(0))[0], ode[1])
+  with pytest.raises(JaxgenError, match='rng_loop'):
+    samplers.dpmpp2m_step(crude_eps_fn, schedule, x_T, x0_last, t, t_next, t_last, eta=1.0)
+
+
 def test_python_loop_of_jitted_steps_matches_scan():
   schedule = linear_schedule(30)
   shape = (4, *SHAPE)
@@ -349,7 +434,7 @@ def test_python_loop_of_jitted_steps_matches_scan():
     assert np.all(np.abs(np.asarray(scanned)) <= 1.0)  # clip_x0 (default) keeps images in range
 
 
-@pytest.mark.parametrize('sampler, evals', [('dpmpp2m', 5), ('heun', 9)])
+@pytest.mark.parametrize('sampler, evals', [('dpmpp2m', 5), ('dpmpp2m_sde', 5), ('heun', 9)])
 def test_solver_is_one_scan_that_traces_once(sampler, evals):
   schedule = linear_schedule(20)
   evaluated = []

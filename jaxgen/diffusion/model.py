@@ -71,8 +71,8 @@ class DiffusionConfig:
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
   """The `config.sample` section: sampling defaults (CLI flags override them)."""
-  sampler: str = 'ddpm'  # 'ddpm' | 'ddim' | 'dpmpp2m' | 'heun'
-  steps: int = 0  # ddim/dpmpp2m/heun timesteps; 0 means every timestep
+  sampler: str = 'ddpm'  # 'ddpm' | 'ddim' | 'dpmpp2m' | 'dpmpp2m_sde' | 'heun'
+  steps: int = 0  # ddim/dpmpp2m(_sde)/heun timesteps; 0 means every timestep
   eta: float = 0.0  # DDIM noise (0: deterministic)
   variance: str = 'fixedlarge'  # DDPM: 'fixedlarge' (beta_t) | 'fixedsmall' (posterior)
   clip_x0: bool = True
@@ -469,7 +469,7 @@ class DiffusionModel:
                                 batch['image'], rng, variance=self.sample_config.variance)
 
   def evaluations_per_sample(self, **options: Any) -> int:
-    """Network evaluations per image: T for ddpm, K = steps for ddim and dpmpp2m, 2K - 1 for heun.
+    """Network evaluations per image: T for ddpm, K = steps for ddim and dpmpp2m(_sde), 2K - 1 for heun.
 
     A guided evaluation counts once, although it runs the network on two images.
     """

@@ -9,8 +9,10 @@ jitted calls.
 
 The few-step solvers 'dpmpp2m' (DPM-Solver++(2M), Lu et al. 2022) and 'heun'
 (Karras et al. 2022) integrate the probability-flow ODE deterministically on
-the timesteps of `logsnr_timesteps` (uniform in log-SNR); they end, like DDIM,
-with the x0 prediction at the last timestep.
+the timesteps of `logsnr_timesteps` (uniform in log-SNR); 'dpmpp2m_sde' (the
+same paper's SDE-DPM-Solver++(2M)) integrates the reverse SDE on them, adding
+noise each step. They end, like DDIM, with the x0 prediction at the last
+timestep.
 
 Randomness: `rng` is split once into `rng_init` (draws x_T) and `rng_loop`;
 the noise of the step at timestep t is drawn from
@@ -35,7 +37,7 @@ from jaxgen.errors import JaxgenError
 # (x_t [B, H, W, C] float, t int32 [B]) -> predicted noise [B, H, W, C].
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-SAMPLER_NAMES = ('ddpm', 'ddim', 'dpmpp2m', 'heun')
+SAMPLER_NAMES = ('ddpm', 'ddim', 'dpmpp2m', 'dpmpp2m_sde', 'heun')
 VARIANCE_NAMES = ('fixedlarge', 'fixedsmall')
 
 
@@ -238,19 +240,26 @@ def _half_log_snr(schedule: Schedule, t: jax.Array) -> jax.Array:
 
 def dpmpp2m_step(eps_fn: EpsFn, schedule: Schedule, x_t: jax.Array, x0_last: jax.Array,
                  t: jax.Array, t_next: jax.Array, t_last: jax.Array, *,
-                 clip_x0: bool = True) -> tuple[jax.Array, jax.Array]:
-  """One DPM-Solver++(2M) step x_t -> x_{t_next} (Lu et al. 2022, Algorithm 2).
+                 clip_x0: bool = True, eta: float = 0.0,
+                 rng_loop: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """One DPM-Solver++(2M) step x_t -> x_{t_next} (Lu et al. 2022, Algorithm 2 and its SDE form).
 
   With a = sqrt(abar), s = sqrt(1 - abar), lambda = log(a / s) and
   h = lambda_{t_next} - lambda_t > 0:
 
-      x_{t_next} = (s_{t_next} / s_t) x_t - a_{t_next} (exp(-h) - 1) D,
+      x_{t_next} = (s_{t_next} / s_t) exp(-eta h) x_t + a_{t_next} (1 - exp(-(1 + eta) h)) D
+                   + s_{t_next} sqrt(1 - exp(-2 eta h)) z,
       D = (1 + 1 / (2r)) x0_t - 1 / (2r) x0_{t_last},   r = (lambda_t - lambda_{t_last}) / h,
 
-  the exponential integrator of the probability-flow ODE in data-prediction
-  form, with x0 linear in lambda through the last two predictions. The first
-  step (no t_last) takes D = x0_t (first order, i.e. DDIM), and so does the
-  step to clean data (t_next = -1, h infinite), which returns x0_t.
+  with x0 linear in lambda through the last two predictions. eta = 0 is the
+  exponential integrator of the probability-flow ODE in data-prediction form
+  (DPM-Solver++(2M)); eta = 1 integrates the reverse SDE instead
+  (SDE-DPM-Solver++(2M), the "midpoint" form of Lu et al.'s appendix, named
+  'sde-dpmsolver++' in diffusers), which adds fresh noise z ~ N(0, I) each
+  step and so corrects part of the network's error along the way, as
+  ancestral sampling does. The first step (no t_last) takes D = x0_t (first
+  order: DDIM with eta 0 resp. SDE-DPM-Solver++1), and so does the step to
+  clean data (t_next = -1, h infinite), which returns x0_t.
 
   Args:
     eps_fn: the noise predictor.
@@ -262,10 +271,14 @@ def dpmpp2m_step(eps_fn: EpsFn, schedule: Schedule, x_t: jax.Array, x0_last: jax
     t_next: int32 scalar in [-1, t); -1 means clean data.
     t_last: int32 scalar in (t, T), the previous step's timestep; -1 for the first step.
     clip_x0: clip the x0 prediction to [-1, 1].
+    eta: 0 (the ODE) to 1 (the SDE), a Python float fixed at trace time.
+    rng_loop: the loop key when eta > 0; z comes from fold_in(rng_loop, t).
 
   Returns:
     (x_{t_next}, x0_t), [B, H, W, C] each; x0_t is the next step's x0_last.
   """
+  if eta and rng_loop is None:
+    raise JaxgenError('dpmpp2m_step with eta > 0 draws noise: pass rng_loop.')
   _, x0 = _eps_and_x0(eps_fn, schedule, x_t, t, clip_x0)
   has_next, has_last = t_next >= 0, t_last >= 0
   t_next_idx, t_last_idx = jnp.maximum(t_next, 0), jnp.maximum(t_last, 0)
@@ -274,8 +287,12 @@ def dpmpp2m_step(eps_fn: EpsFn, schedule: Schedule, x_t: jax.Array, x0_last: jax
   r = jnp.where(has_last, lam - _half_log_snr(schedule, t_last_idx), h) / h
   half_inv_r = jnp.where(has_last & has_next, 0.5 / r, 0.0)
   d = (1.0 + half_inv_r) * x0 - half_inv_r * x0_last
-  ratio = schedule.sqrt_one_minus_alphas_cumprod[t_next_idx] / schedule.sqrt_one_minus_alphas_cumprod[t]
-  x_next = ratio * x_t - schedule.sqrt_alphas_cumprod[t_next_idx] * jnp.expm1(-h) * d
+  s_next = schedule.sqrt_one_minus_alphas_cumprod[t_next_idx]
+  ratio = s_next / schedule.sqrt_one_minus_alphas_cumprod[t]
+  x_next = (ratio * jnp.exp(-eta * h) * x_t
+            - schedule.sqrt_alphas_cumprod[t_next_idx] * jnp.expm1(-(1.0 + eta) * h) * d)
+  if eta:
+    x_next = x_next + s_next * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)) * _step_noise(rng_loop, t, x_t)
   return jnp.where(has_next, x_next, x0), x0
 
 
@@ -409,28 +426,32 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[
 
 
 def dpmpp2m_sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[int, ...], *,
-                   num_steps: int, clip_x0: bool = True) -> jax.Array:
+                   num_steps: int, clip_x0: bool = True, sde: bool = False) -> jax.Array:
   """DPM-Solver++(2M) over `num_steps` timesteps from `logsnr_timesteps` (num_steps evaluations).
 
   Args:
     eps_fn: the noise predictor.
     schedule: the diffusion schedule (T timesteps), concrete.
-    rng: a PRNG key; only x_T depends on it (the solver is deterministic).
+    rng: a PRNG key; without sde only x_T depends on it (the ODE solver is deterministic).
     shape: (B, H, W, C), static.
     num_steps: number of network evaluations in [1, T], static.
     clip_x0: clip x0 predictions to [-1, 1], static.
+    sde: solve the reverse SDE (SDE-DPM-Solver++(2M), `dpmpp2m_step` with
+      eta = 1) instead of the probability-flow ODE, static.
 
   Returns:
     [B, H, W, C] float32 samples (in [-1, 1] when clip_x0).
   """
   timesteps, next_timesteps = logsnr_timesteps(schedule, num_steps)
   last_timesteps = np.append(-1, timesteps[:-1]).astype(np.int32)
-  x, _ = _init(rng, shape)
+  x, rng_loop = _init(rng, shape)
+  eta = 1.0 if sde else 0.0
 
   def body(carry, ts):
     x_t, x0_last = carry
     t_last, t, t_next = ts
-    return dpmpp2m_step(eps_fn, schedule, x_t, x0_last, t, t_next, t_last, clip_x0=clip_x0), None
+    return dpmpp2m_step(eps_fn, schedule, x_t, x0_last, t, t_next, t_last, clip_x0=clip_x0,
+                        eta=eta, rng_loop=rng_loop), None
 
   (x, _), _ = jax.lax.scan(body, (x, jnp.zeros_like(x)),
                            (jnp.asarray(last_timesteps), jnp.asarray(timesteps),
@@ -477,7 +498,8 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[int, 
   'ddpm' runs all T steps (`steps` must be None or T) with `variance`;
   'ddim' runs `steps` steps (None means T) with `eta`; 'dpmpp2m' and 'heun'
   solve the probability-flow ODE over `steps` timesteps (None means T;
-  `eta` and `variance` do not apply). Raises JaxgenError for an unknown
+  `eta` and `variance` do not apply), 'dpmpp2m_sde' the reverse SDE with
+  DPM-Solver++(2M)'s stochastic form. Raises JaxgenError for an unknown
   sampler or variance, or steps outside [1, T].
   """
   if sampler not in SAMPLER_NAMES:
@@ -493,8 +515,9 @@ def sample(eps_fn: EpsFn, schedule: Schedule, rng: jax.Array, shape: tuple[int, 
           f"use sampler='ddim' for steps={steps}.")
     return ddpm_sample(eps_fn, schedule, rng, shape, variance=variance, clip_x0=clip_x0)
   num_steps = num_timesteps if steps is None else steps
-  if sampler == 'dpmpp2m':
-    return dpmpp2m_sample(eps_fn, schedule, rng, shape, num_steps=num_steps, clip_x0=clip_x0)
+  if sampler in ('dpmpp2m', 'dpmpp2m_sde'):
+    return dpmpp2m_sample(eps_fn, schedule, rng, shape, num_steps=num_steps, clip_x0=clip_x0,
+                          sde=sampler == 'dpmpp2m_sde')
   if sampler == 'heun':
     return heun_sample(eps_fn, schedule, rng, shape, num_steps=num_steps, clip_x0=clip_x0)
   return ddim_sample(eps_fn, schedule, rng, shape, num_steps=num_steps, eta=eta, clip_x0=clip_x0)
