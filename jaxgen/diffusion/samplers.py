@@ -254,8 +254,8 @@ def dpmpp2m_step(eps_fn: EpsFn, schedule: Schedule, x_t: jax.Array, x0_last: jax
   with x0 linear in lambda through the last two predictions. eta = 0 is the
   exponential integrator of the probability-flow ODE in data-prediction form
   (DPM-Solver++(2M)); eta = 1 integrates the reverse SDE instead
-  (SDE-DPM-Solver++(2M), the "midpoint" form of Lu et al.'s appendix, named
-  'sde-dpmsolver++' in diffusers), which adds fresh noise z ~ N(0, I) each
+  (SDE-DPM-Solver++(2M) of the same paper, in the "midpoint" form that
+  diffusers calls 'sde-dpmsolver++'), which adds fresh noise z ~ N(0, I) each
   step and so corrects part of the network's error along the way, as
   ancestral sampling does. The first step (no t_last) takes D = x0_t (first
   order: DDIM with eta 0 resp. SDE-DPM-Solver++1), and so does the step to
