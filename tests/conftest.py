@@ -10,14 +10,17 @@ the tests' subprocesses, compiles the smoke models once instead of once per
 test and process.
 """
 
+import fcntl
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 
+DEVICES_FLAG = '--xla_force_host_platform_device_count=8'
 # Optimisation level 0 of XLA's CPU backend: the suite is compile-bound (tiny shapes), and LLVM's
 # optimisation passes were about 40% of its time.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
-                      '--xla_backend_optimization_level=0')
+os.environ.setdefault('XLA_FLAGS', f'{DEVICES_FLAG} --xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jaxgen-test-jit-'))
 
@@ -56,3 +59,33 @@ def mnist_env(tmp_path_factory):
       os.environ.pop(k, None)
     else:
       os.environ[k] = v
+
+
+@pytest.fixture(scope='session')
+def mnist_features(mnist_env, tmp_path_factory) -> str:
+  """A JAXGEN_CACHE_DIR holding an MNIST feature network of 80 steps (~0.96 test accuracy) and
+  its reference statistics of mnist:train (60,000 images).
+
+  Made once per test session, by whichever worker asks first (the others wait on a lock): the
+  network by the public command `jaxgen eval train-features`, the statistics by
+  `evaluate.reference`, in subprocesses at XLA's optimisation level 1, since both are bound by
+  run time, which level 0 (the suite's, for compile time) doubles. Tests only read them.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the session's directory, above each worker's own
+  cache = root / 'shared_cache'
+  with open(root / 'shared_cache.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not (cache / 'complete').exists():
+      env = dict(os.environ, JAXGEN_CACHE_DIR=str(cache),
+                 XLA_FLAGS=f'{DEVICES_FLAG} --xla_backend_optimization_level=1')
+      reference = ('from jaxgen.eval import evaluate; '
+                   "evaluate.reference('mnist:train', evaluate.get_extractor('mnist'))")
+      for command in (['-m', 'jaxgen.cli', 'eval', 'train-features', '--dataset', 'mnist',
+                       '--num-steps', '80'], ['-c', reference]):
+        result = subprocess.run([sys.executable, *command], env=env, capture_output=True,
+                                text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+      (cache / 'complete').touch()
+  return str(cache)

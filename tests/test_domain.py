@@ -17,24 +17,11 @@ TRAIN_CMD = 'jaxgen eval train-features --dataset mnist'
 
 
 @pytest.fixture(scope='module')
-def trained(mnist_env, tmp_path_factory):
-  """An 80-step run (batch 64, ~0.95 test accuracy) through the public entry point, shared.
-
-  Returns (out_dir, info, params), the params being the in-memory ones that were saved.
-  """
-  out_dir = str(tmp_path_factory.mktemp('features') / 'mnist')
-  saved = {}
-  real_save = domain.save_domain_extractor
-
-  def capturing_save(directory, params, info):
-    saved['params'] = params
-    real_save(directory, params, info)
-
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(domain, 'save_domain_extractor', capturing_save)
-    info = domain.train_domain_classifier('mnist', out_dir=out_dir, num_steps=80, batch_size=64,
-                                          seed=0, progress=False)
-  return out_dir, info, saved['params']
+def trained(mnist_features):
+  """(directory, info) of the session's 80-step network, trained by `jaxgen eval train-features`."""
+  out_dir = os.path.join(mnist_features, 'features', 'mnist')
+  with open(os.path.join(out_dir, 'info.json')) as f:
+    return out_dir, json.load(f)
 
 
 @pytest.fixture(scope='module')
@@ -46,17 +33,15 @@ def test_images(mnist_env):
 
 
 def test_short_run_beats_chance_and_writes_checkpoint(trained):
-  out_dir, info, _ = trained
+  out_dir, info = trained
   assert info['test_accuracy'] > 0.9  # chance is 0.1
   assert info['num_test_examples'] == 10000  # padding of the last eval batch masked out
   assert info['num_steps'] == 80 and info['feature_dim'] == 256 and info['dataset'] == 'mnist'
   assert os.path.isdir(os.path.join(out_dir, 'params'))
-  with open(os.path.join(out_dir, 'info.json')) as f:
-    assert json.load(f) == info
 
 
-def test_load_round_trips_logits_and_shapes(trained, test_images):
-  out_dir, info, params = trained
+def test_trained_network_classifies_test_digits(trained, test_images):
+  out_dir, info = trained
   fn, loaded_info = domain.load_domain_extractor('mnist', out_dir)
   assert loaded_info == info
   images, labels = test_images
@@ -65,10 +50,24 @@ def test_load_round_trips_logits_and_shapes(trained, test_images):
   assert features.dtype == jnp.float32 and logits.dtype == jnp.float32
   assert float(jnp.min(features)) >= 0.0  # post-ReLU
   assert np.mean(np.argmax(logits, -1) == labels) > 0.85
-  # Same outputs as the in-memory parameters that were saved.
+
+
+def test_save_load_round_trips_the_parameters(tmp_path, test_images):
+  model = domain.make_model('mnist')
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  info = dict(dataset='mnist', feature_dim=model.feature_dim, num_steps=0, test_accuracy=0.1)
+  out_dir = str(tmp_path / 'mnist')
+  domain.save_domain_extractor(out_dir, jax.device_get(params), info)
+  fn, loaded_info = domain.load_domain_extractor('mnist', out_dir)
+  assert loaded_info == info
+  images, _ = test_images
+  features, logits = fn(images)
   want_features, want_logits = jax.jit(domain.features_and_logits)(params, images)
-  np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(features, want_features, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(logits, want_logits)
+  np.testing.assert_array_equal(features, want_features)
+  # Saving again replaces the network.
+  domain.save_domain_extractor(out_dir, jax.device_get(params), {**info, 'num_steps': 1})
+  assert domain.load_domain_extractor('mnist', out_dir)[1]['num_steps'] == 1
 
 
 def test_missing_network_names_the_command(tmp_path, monkeypatch):
