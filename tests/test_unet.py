@@ -43,7 +43,7 @@ def test_shapes_and_dropout(num_classes):
   # Compiled, not op by op: an eager UNet compiles every distinct op once (most of this test's time).
   params = jax.jit(unet.init)(jax.random.PRNGKey(1), x, t, y)['params']
   # The last layer starts at zero (identity residual branches), so perturb params.
-  params = jax.tree.map(lambda p: p + 0.01 * jnp.ones_like(p), params)
+  params = jax.jit(lambda ps: jax.tree.map(lambda p: p + 0.01, ps))(params)  # one program
   apply = jax.jit(lambda p, x, t, y, train=False, rng=None: unet.apply(
       {'params': p}, x, t, y, train=train, rngs={'dropout': rng} if train else None),
       static_argnames='train')
@@ -157,7 +157,8 @@ def test_split_skips_and_remat_compute_the_same_function():
   for options in ({}, {'split_skip': False}, {'remat': True}):
     unet = UNet(UNetConfig(**{**one_level, **options}))
     params = jax.jit(unet.init)(jax.random.PRNGKey(1), x, t)['params']
-    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
+    params = jax.jit(lambda ps: jax.tree.map(  # one program, not one eager normal per shape
+        lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3), p.shape), ps))(params)
 
     def loss(p, unet=unet):
       out = unet.apply({'params': p}, x, t, train=True, rngs={'dropout': jax.random.PRNGKey(4)})
