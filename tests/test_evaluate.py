@@ -13,7 +13,8 @@ from jaxgen.eval import evaluate
 
 @pytest.fixture(scope='module')
 def features_env(mnist_features):
-  """JAXGEN_CACHE_DIR set to the session's cache, which holds a briefly trained MNIST feature network."""
+  """JAXGEN_CACHE_DIR set to the session's cache (a briefly trained MNIST feature network and
+  the mnist:train reference statistics: conftest.mnist_features)."""
   saved = os.environ.get('JAXGEN_CACHE_DIR')
   os.environ['JAXGEN_CACHE_DIR'] = mnist_features
   yield mnist_features
