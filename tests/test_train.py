@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -79,9 +80,13 @@ def test_load_run_samples_from_ema_params_reproducibly(trained):
 
 
 def test_resume_is_bit_for_bit(mnist_env, trained, tmp_path, capsys):
-  _, uninterrupted = trained
+  """A run stopped after its step-10 checkpoint (the shared run's, without the later one) ends
+  where the uninterrupted run did."""
+  source, uninterrupted = trained
   workdir = str(tmp_path / 'resumed')
-  trainer.train_and_evaluate(smoke_config('train.num_steps=10'), workdir)
+  shutil.copytree(source, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '20'))
+  capsys.readouterr()
   resumed = trainer.train_and_evaluate(smoke_config(), workdir)
   assert 'Resuming from step 10' in capsys.readouterr().out
   assert int(resumed.step) == 20
@@ -170,7 +175,6 @@ def truncate_largest_file(step_dir) -> str:
 
 def test_damaged_checkpoint_is_skipped_for_the_previous_one_and_kept(mnist_env, trained, tmp_path,
                                                                      capfd):
-  import shutil
   import jaxgen
   source, _ = trained
   workdir = str(tmp_path / 'damaged')
@@ -197,7 +201,6 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one_and_kept(mnist_env, 
 
 
 def test_all_checkpoints_damaged_is_one_sentence(mnist_env, trained, tmp_path):
-  import shutil
   source, _ = trained
   workdir = str(tmp_path / 'ruined')
   shutil.copytree(source, workdir)
