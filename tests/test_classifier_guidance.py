@@ -16,7 +16,7 @@ from jaxgen import cli, config as config_lib
 from jaxgen.diffusion import classifier as clf_lib, guidance, model as model_lib, samplers
 from jaxgen.diffusion.schedules import linear_schedule
 from jaxgen.errors import JaxgenError
-from conftest import REPO
+from conftest import REPO, optimised_jit
 
 SMOKE = str(REPO / 'experiments' / 'ddpm_mnist.py') + ':smoke'
 SCHEDULE = linear_schedule(100)
@@ -153,7 +153,7 @@ def test_classifier_loss_decreases_on_separable_data():
   optimizer = optax.adam(3e-3)
   loss_fn = lambda p, rng: clf_lib.classifier_loss(p, images, labels, rng, SCHEDULE, module=module)
 
-  @jax.jit
+  @optimised_jit
   def train(params):
     def step(carry, i):
       params, opt_state = carry

@@ -21,6 +21,7 @@ from jaxgen.nn import distributions
 from jaxgen.nn.distributions import (discretized_logistic_mixture_log_prob,
                                      logistic_mixture_num_params,
                                      sample_discretized_logistic_mixture)
+from conftest import optimised_jit
 
 # The 256 levels -1 + 2k/255, correctly rounded to float32.
 LEVELS = np.asarray(-1.0 + 2.0 * np.arange(256) / 255.0, np.float32)
@@ -168,7 +169,7 @@ def test_one_channel_mixtures_sum_to_one_over_the_256_levels():
   np.testing.assert_allclose(np.exp(logp).sum(0), 1.0, atol=2e-5)
 
 
-@jax.jit
+@optimised_jit
 def sum_over_b(params: jax.Array, r_levels: jax.Array) -> jax.Array:
   """sum_b P(r, g, b) [R, 256] for the given r levels [R] and all 256 g, from the log-prob of
   every pixel (r, g, b): one r level at a time, summed over b in float32."""
@@ -182,7 +183,7 @@ def sum_over_b(params: jax.Array, r_levels: jax.Array) -> jax.Array:
   return jax.lax.map(for_r, r_levels)
 
 
-@jax.jit
+@optimised_jit
 def two_and_one_channel_pmfs(params2: jax.Array, params1: jax.Array) -> tuple[jax.Array, jax.Array]:
   """P(r, g) [256, 256] of a C = 2 mixture and P(r) [256] of a C = 1 mixture."""
   rg = jnp.stack(jnp.meshgrid(LEVELS, LEVELS, indexing='ij'), -1)  # [256, 256, 2]

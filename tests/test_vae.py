@@ -12,7 +12,6 @@ depends on which random numbers it draws, only on how they are reused.
 """
 
 import contextlib
-import functools
 import math
 
 import jax
@@ -30,7 +29,7 @@ from jaxgen.nn import distributions
 from jaxgen.train.state import create_train_state, make_train_step
 from jaxgen.vae import model as vae_model
 from jaxgen.vae import vq
-from conftest import REPO
+from conftest import REPO, optimised_jit
 
 SMOKE = str(REPO / 'experiments' / 'vae_mnist.py') + ':smoke'
 # The 256 levels -1 + 2k/255, correctly rounded to float32 (computing them in float32 arithmetic
@@ -314,8 +313,8 @@ def trained_mlp(mnist_env):
   optimizer = optax.adam(3e-3)
   step = make_train_step(vae.loss, optimizer, ema_decay=0.0)
 
-  # The 300 steps as one compiled loop, optimised (the suite's XLA_FLAGS compile at level 0).
-  @functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 2})
+  # The 300 steps as one compiled loop, optimised.
+  @optimised_jit
   def train(state, batch):
     return jax.lax.scan(lambda state, _: step(state, batch), state, length=300)
 
