@@ -30,8 +30,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def optimised_jit(fun, **kwargs):
-  """jax.jit at XLA's optimisation level 2: for the programs that run long (many steps, big
-  sums) rather than once, which level 0, the suite's for compile time, makes several times slower."""
+  """jax.jit at XLA's optimisation level 2, for programs that run long (many steps, big sums)
+  rather than once: level 0, the suite's (for compile time), makes them several times slower."""
   import jax  # pylint: disable=g-import-not-at-top (XLA_FLAGS first)
   return jax.jit(fun, compiler_options={'xla_backend_optimization_level': 2}, **kwargs)
 
