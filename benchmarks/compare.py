@@ -25,6 +25,13 @@ KEY=VALUE` applies an override to every jaxgen stage.
 --budget (seconds) bounds the whole command: a stage that would start after
 it is skipped and named in the summary, and a stage still running at the end
 is stopped, so the command fits a lease on a borrowed accelerator.
+
+--rounds N runs the whole list N times in turn (round K's JSON under
+--out/roundK/), so that both sides see the same slow drifts of a shared or
+throttled machine; the summary then takes each timing figure's median over
+the rounds and lists every round's jaxgen / peer ratios beside it. On the
+2-core CI-kind VM single runs of either side vary by up to 30%, so the cpu
+preset is meant to be run with --rounds 3 or more.
 """
 
 import argparse
@@ -32,6 +39,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -191,6 +199,42 @@ def summarise(out: str, ran: dict[str, str]) -> dict[str, Any]:
   return s
 
 
+def _median_field(values: list[Any]) -> Any:
+  """One field of a result row over the rounds: itself if every round agrees, else the median."""
+  if all(v == values[0] for v in values):
+    return values[0]
+  if any(v is None or isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+    return values[0]  # labels and missing figures are not averaged
+  return statistics.median(values)
+
+
+def merge_rounds(out: str, rounds: list[str], names: list[str]) -> None:
+  """Writes each stage's JSON under `out` with every figure the median over the `rounds` folders.
+
+  Rows are matched by position (every round runs the same command). A stage that
+  failed in some rounds is merged over the others; one that ran in none is not written.
+  """
+  for name in names:
+    records = [r for r in (_load(d, name) for d in rounds) if r is not None]
+    if not records:
+      continue
+    rows = []
+    for i, row in enumerate(records[0].get('results', [])):
+      same = [r['results'][i] for r in records if len(r.get('results', [])) > i]
+      rows.append({k: _median_field([s.get(k) for s in same]) for k in row})
+    with open(os.path.join(out, f'{name}.json'), 'w') as f:
+      json.dump(dict(records[0], results=rows, rounds=len(records)), f, indent=2)
+
+
+def round_ratios(s: dict[str, Any]) -> dict[str, float]:
+  """The headline jaxgen / peer ratios of one summary: sampling and training against the peer's
+  best mode, DDIM latency against eager fp32."""
+  got = {'sampling': s.get('sampling', {}).get('ratio_vs_best'),
+         'training': s.get('training', {}).get('ratio_vs_best'),
+         'ddim': s.get('ddim', {}).get('ratio_vs_eager_fp32')}
+  return {k: v for k, v in got.items() if v is not None}
+
+
 def _gib(n: int | None) -> str:
   return '-' if n is None else f'{n / 2 ** 30:.1f} GiB'
 
@@ -242,28 +286,27 @@ def markdown(s: dict[str, Any]) -> str:
     for v in s['variants']:
       lines.append(f'| {v["what"]}: {" ".join(v["overrides"]) or "-"} | {_num(v["images_per_s"])} | '
                    f'{v["ms_per_step"]:.2f} | {_gib(v["peak_bytes"])} | {1 / v["vs_default"]:.3f}x |')
+  if s.get('rounds'):
+    per = {k: [r[k] for r in s['rounds'] if k in r] for k in ('sampling', 'training', 'ddim')}
+    lines.append(f'\nFigures are medians over {len(s["rounds"])} rounds (every stage run once per round, '
+                 'in turn); jaxgen / peer in each round: '
+                 + '; '.join(f'{k} ' + ', '.join(f'{x:.2f}' for x in v) for k, v in per.items() if v) + '.')
   skipped = [k for k, v in s['stages'].items() if v != 'ok']
   if skipped:
     lines.append('\nStages not measured: ' + ', '.join(f'{k} ({s["stages"][k]})' for k in skipped) + '.')
   return '\n'.join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--preset', default='cpu', choices=sorted(PRESETS))
-  parser.add_argument('--out', required=True, help='folder for the JSON files and the summary')
-  parser.add_argument('--budget', type=float, default=0, help='seconds for the whole command (0: none)')
-  parser.add_argument('--only', default=None, help='comma-separated stage names to run')
-  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                      help='config override for every jaxgen stage, e.g. --set model.attention=xla')
-  args = parser.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
-  has_peer = all(importlib.util.find_spec(m) for m in ('torch', 'diffusers'))
-  end = time.monotonic() + args.budget if args.budget else None
+def peer_installed() -> bool:
+  """Whether the optional extra `peers` (torch and diffusers) is importable."""
+  return all(importlib.util.find_spec(m) for m in ('torch', 'diffusers'))
+
+
+def _run_stages(stages: list[tuple[str, str, list[str]]], out: str, overrides: list[str],
+                has_peer: bool, end: float | None) -> dict[str, str]:
+  """Runs each stage in its own process, writing `out`/NAME.json; returns each stage's status."""
   ran: dict[str, str] = {}
-  for name, module, stage_args in PRESETS[args.preset]:
-    if args.only and name not in args.only.split(','):
-      continue
+  for name, module, stage_args in stages:
     if name.startswith('peer') and not has_peer:
       ran[name] = 'torch/diffusers not installed'
       continue
@@ -271,10 +314,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if left is not None and left < 20:
       ran[name] = 'out of time'
       continue
-    cmd = [sys.executable, '-m', module, *[a.format(out=args.out) for a in stage_args],
-           '--json', os.path.join(args.out, f'{name}.json')]
+    cmd = [sys.executable, '-m', module, *[a.format(out=out) for a in stage_args],
+           '--json', os.path.join(out, f'{name}.json')]
     if name.startswith('jaxgen'):
-      cmd += [a for kv in args.set for a in ('--set', kv)]
+      cmd += [a for kv in overrides for a in ('--set', kv)]
     if left is not None:
       cmd += ['--deadline', str(max(left - 60, 1))]
     print(f'== {name}: {" ".join(cmd[1:])}', flush=True)
@@ -285,7 +328,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       ran[name] = 'ok' if proc.returncode == 0 else f'exit {proc.returncode}'
     except subprocess.TimeoutExpired:
       ran[name] = 'stopped at the budget'
+  return ran
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--preset', default='cpu', choices=sorted(PRESETS))
+  parser.add_argument('--out', required=True, help='folder for the JSON files and the summary')
+  parser.add_argument('--budget', type=float, default=0, help='seconds for the whole command (0: none)')
+  parser.add_argument('--only', default=None, help='comma-separated stage names to run')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override for every jaxgen stage, e.g. --set model.attention=xla')
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='run every stage this many times in turn and report medians (noisy machines)')
+  args = parser.parse_args(argv)
+  if args.rounds < 1:
+    raise SystemExit(f'--rounds must be at least 1, got {args.rounds}.')
+  os.makedirs(args.out, exist_ok=True)
+  has_peer = peer_installed()
+  end = time.monotonic() + args.budget if args.budget else None
+  stages = [st for st in PRESETS[args.preset] if not args.only or st[0] in args.only.split(',')]
+  folders = [args.out] if args.rounds == 1 else [
+      os.path.join(args.out, f'round{k + 1}') for k in range(args.rounds)]
+  ran_in: list[dict[str, str]] = []
+  for folder in folders:
+    os.makedirs(folder, exist_ok=True)
+    ran_in.append(_run_stages(stages, folder, args.set, has_peer, end))
+  if args.rounds == 1:
+    ran = ran_in[0]
+  else:  # a stage counts as run if any round ran it; its figures are the medians of those that did
+    ran = {name: next((r[name] for r in ran_in if r[name] == 'ok'), ran_in[-1][name]) for name, _, _ in stages}
+    merge_rounds(args.out, folders, list(ran))
   summary = summarise(args.out, ran)
+  if args.rounds > 1:
+    summary['rounds'] = [round_ratios(summarise(f, r)) for f, r in zip(folders, ran_in)]
   with open(os.path.join(args.out, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   text = markdown(summary)

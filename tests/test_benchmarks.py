@@ -134,3 +134,46 @@ def test_flops_of_a_cudnn_attention_model_are_counted_as_xla_attention():
   assert want and training.step_flops(cudnn, cudnn_step, state, data) == want
   cudnn_model = families.build(cudnn, s.model.image_shape)
   assert cudnn_model.forward_flops() == s.model.forward_flops() > 0
+
+
+_FAKE_STAGE = '''
+import json, os, sys
+json_path = sys.argv[sys.argv.index('--json') + 1]
+kind, values = sys.argv[1], [float(v) for v in sys.argv[2].split(',')]
+count_file = os.path.join(os.path.dirname(os.path.dirname(json_path)), kind + '.count')
+k = int(open(count_file).read()) if os.path.exists(count_file) else 0
+open(count_file, 'w').write(str(k + 1))
+ips = values[k % len(values)]
+if kind == 'peer':
+  row = dict(mode='eager-fp32', images_per_s=ips, peak_bytes=None)
+else:
+  row = dict(sampler='ddpm', batch=4, steps=1000, dtype='float32', images_per_s=ips,
+             ms_per_step=4 / ips, peak_bytes=None, program_bytes=1)
+json.dump({'results': [row]}, open(json_path, 'w'))
+'''
+
+
+def test_rounds_report_the_median_of_each_figure_and_every_rounds_ratio(tmp_path, monkeypatch):
+  # A noisy machine: jaxgen runs at 1, 3 and 2 images/s in three rounds against a steady peer at 2,
+  # so the rounds' ratios are 0.5, 1.5 and 1.0 and the summary's (of the medians) is exactly 1.
+  (tmp_path / 'fake_stage.py').write_text(_FAKE_STAGE)
+  monkeypatch.setenv('PYTHONPATH', str(tmp_path))
+  monkeypatch.setattr(compare, 'peer_installed', lambda: True)
+  monkeypatch.setitem(compare.PRESETS, 'fake', [
+      ('jaxgen_sampling', 'fake_stage', ['jaxgen', '1,3,2']),
+      ('peer_sampling', 'fake_stage', ['peer', '2'])])
+  out = tmp_path / 'out'
+  summary = compare.main(['--preset', 'fake', '--out', str(out), '--rounds', '3'])
+  assert summary['sampling']['ratio_vs_best'] == pytest.approx(1.0)
+  assert [r['sampling'] for r in summary['rounds']] == pytest.approx([0.5, 1.5, 1.0])
+  with open(out / 'jaxgen_sampling.json') as f:
+    merged = json.load(f)
+  row, = merged['results']
+  assert merged['rounds'] == 3 and (row['sampler'], row['batch'], row['images_per_s']) == ('ddpm', 4, 2)
+  assert row['ms_per_step'] == pytest.approx(2.0) and row['peak_bytes'] is None
+  with open(out / 'round2' / 'jaxgen_sampling.json') as f:
+    assert json.load(f)['results'][0]['images_per_s'] == 3
+  assert 'sampling 0.50, 1.50, 1.00' in (out / 'summary.md').read_text()
+  with pytest.raises(SystemExit, match='--rounds must be at least 1, got 0'):
+    compare.main(['--preset', 'fake', '--out', str(tmp_path / 'none'), '--rounds', '0'])
+  assert not (tmp_path / 'none').exists()
