@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if args.rounds == 1:
     ran = ran_in[0]
   else:  # a stage counts as run if any round ran it; its figures are the medians of those that did
-    ran = {name: next((r[name] for r in ran_in if r[name] == 'ok'), ran_in[-1][name]) for name, _, _ in stages}
+    ran = {name: next((r[name] for r in ran_in if r[name] == 'ok'), ran_in[-1][name])
+           for name, _, _ in stages}
     merge_rounds(args.out, folders, list(ran))
   summary = summarise(args.out, ran)
   if args.rounds > 1:

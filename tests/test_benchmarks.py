@@ -177,3 +177,29 @@ def test_rounds_report_the_median_of_each_figure_and_every_rounds_ratio(tmp_path
   with pytest.raises(SystemExit, match='--rounds must be at least 1, got 0'):
     compare.main(['--preset', 'fake', '--out', str(tmp_path / 'none'), '--rounds', '0'])
   assert not (tmp_path / 'none').exists()
+
+
+def test_paired_ratios_are_per_round_then_the_median():
+  from benchmarks import paired  # pylint: disable=g-import-not-at-top
+  # The machine slows down 4x over three rounds; both contenders slow with it, so each round's
+  # ratio is exact although the medians of the times alone would not be comparable.
+  rows = paired.summarise({'jaxgen': [1.0, 2.0, 4.0], 'peer': [2.0, 4.0, 4.0]}, 'peer')
+  ours, peer = rows
+  assert ours['median_ms'] == pytest.approx(2000.0)
+  assert (ours['ratio'], ours['ratio_min'], ours['ratio_max']) == pytest.approx((2.0, 1.0, 2.0))
+  assert (peer['contender'], peer['ratio']) == ('peer', 1.0)
+
+
+def test_paired_runs_jaxgen_variants_and_checks_its_arguments_first(tmp_path):
+  from benchmarks import paired  # pylint: disable=g-import-not-at-top
+  record = paired.main(['--config', SMOKE, '--no-peer', '--batch', '1', '--rounds', '2',
+                        '--variant', 'model.split_skip=False', '--json', str(tmp_path / 'p.json')])
+  assert [r['contender'] for r in record['results']] == ['jaxgen', 'jaxgen model.split_skip=False']
+  assert record['reference'] == 'jaxgen' and len(record['results'][1]['seconds']) == 2
+  assert (tmp_path / 'p.json').exists()
+  with pytest.raises(SystemExit, match='is a vae experiment'):
+    paired.main(['--config', 'experiments/vae_mnist.py', '--no-peer'])
+  with pytest.raises(SystemExit, match='the peer is the network of experiments/ddpm_cifar10.py'):
+    paired.main(['--config', SMOKE])
+  with pytest.raises(SystemExit, match="unknown config key 'model.bogus'"):
+    paired.main(['--config', SMOKE, '--no-peer', '--variant', 'model.bogus=1'])
