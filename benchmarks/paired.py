@@ -38,18 +38,17 @@ from jaxgen import config as config_lib
 from jaxgen import families
 from jaxgen.data.specs import dataset_spec
 from jaxgen.errors import JaxgenError
+from jaxgen.train import checkpoint
 
 CIFAR = 'experiments/ddpm_cifar10.py'
 WHAT = ('forward', 'grad')
 
 
-# Model options that change speed or memory but not the network (jaxgen.diffusion.unet.UNetConfig).
-EXECUTION_KEYS = ('attention', 'split_skip', 'remat', 'dtype')
-
-
 def network(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config's model section without its execution options: equal for the same network."""
-  return {k: v for k, v in config.model.to_dict().items() if k not in EXECUTION_KEYS}
+  """The config's model section without the options that change only speed or memory (and the
+  compute dtype): equal for the same network."""
+  skip = (*checkpoint.EXECUTION_KEYS['model'], 'dtype')
+  return {k: v for k, v in config.model.to_dict().items() if k not in skip}
 
 
 def jaxgen_call(config: ml_collections.ConfigDict, what: str, batch: int) -> Callable[[], Any]:
