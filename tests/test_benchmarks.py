@@ -203,3 +203,13 @@ def test_paired_runs_jaxgen_variants_and_checks_its_arguments_first(tmp_path):
     paired.main(['--config', SMOKE])
   with pytest.raises(SystemExit, match="unknown config key 'model.bogus'"):
     paired.main(['--config', SMOKE, '--no-peer', '--variant', 'model.bogus=1'])
+
+
+def test_device_script_says_what_is_missing_before_any_work():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  script = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks', 'device.sh')
+  env = {k: v for k, v in os.environ.items() if k != 'OUT'}
+  usage = subprocess.run(['bash', script], capture_output=True, text=True, env=env, check=False)
+  assert usage.returncode == 2 and 'usage: bash benchmarks/device.sh wheels | run' in usage.stderr
+  no_out = subprocess.run(['bash', script, 'run'], capture_output=True, text=True, env=env, check=False)
+  assert no_out.returncode != 0 and 'where the device tool sets OUT' in no_out.stderr
