@@ -13,12 +13,15 @@ and the median over rounds of (peer's time / its time), with the range.
 Contenders: jaxgen's diffusion UNet as --config builds it; each --variant, the
 same network with config overrides ('+' joins several); and the peer
 (`UNet2DModel` with PEERS.md's configuration, the network of
-experiments/ddpm_cifar10.py; left out with --no-peer or without the `peers`
-extra). Without the peer, ratios are against jaxgen's first contender.
+experiments/ddpm_cifar10.py, float32; it needs the `peers` extra, and --no-peer
+leaves it out). Without the peer, ratios are against jaxgen's first contender.
+Both sides run on the CPU (an accelerator is measured by `benchmarks.compare`,
+whose processes each hold the device alone).
 
 --what forward: one network evaluation (a sampling step). --what grad: forward
 and backward to the parameters of a mean-square loss in training mode
-(dropout on), without the optimizer. Float32, random weights and inputs.
+(dropout on), without the optimizer. The config's compute dtype (float32 in the
+experiments); random weights and inputs.
 """
 
 import argparse
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   with_peer = not args.no_peer
   if with_peer and network(configs['jaxgen']) != network(config_lib.load_config(CIFAR)):
     raise SystemExit(f'the peer is the network of {CIFAR}; with --config {args.config} add --no-peer.')
+  if with_peer and jax.default_backend() != 'cpu':
+    raise SystemExit(f'the peer runs on the CPU and jaxgen here on {jax.default_backend()}: set '
+                     'JAX_PLATFORMS=cpu, add --no-peer, or use benchmarks.compare on an accelerator.')
   if with_peer and not all(importlib.util.find_spec(m) for m in ('torch', 'diffusers')):
     raise SystemExit('the peer needs torch and diffusers: pip install -e ".[peers]", or add --no-peer.')
 
