@@ -135,13 +135,20 @@ def _best(rows: list[dict[str, Any]], key: str = 'images_per_s') -> dict[str, An
 
 
 def summarise(out: str, ran: dict[str, str]) -> dict[str, Any]:
-  """Ratios jaxgen / peer from the stage JSONs under `out`."""
-  get = lambda name: (_load(out, name) or {}).get('results', [])  # noqa: E731
+  """Ratios jaxgen / peer from the stage JSONs under `out`.
+
+  A stage that `ran` names with a status other than 'ok' (skipped, failed, stopped)
+  is left out even if an earlier run's JSON for it is still in `out`.
+  """
+  def load(name: str) -> dict[str, Any] | None:
+    return _load(out, name) if ran.get(name, 'ok') == 'ok' else None
+
+  get = lambda name: (load(name) or {}).get('results', [])  # noqa: E731
   s: dict[str, Any] = {'stages': ran}
   j_samp = _best(get('jaxgen_sampling'))
   p_samp = get('peer_sampling')
-  ceiling = (_load(out, 'jaxgen_sampling') or {}).get('ceiling_tflops')
-  peer_flops = (_load(out, 'peer_sampling') or {}).get('forward_gflops_per_image')
+  ceiling = (load('jaxgen_sampling') or {}).get('ceiling_tflops')
+  peer_flops = (load('peer_sampling') or {}).get('forward_gflops_per_image')
   if j_samp:
     s['sampling'] = dict(batch=j_samp['batch'], steps=j_samp['steps'], jaxgen_images_per_s=j_samp['images_per_s'],
                          jaxgen_ms_per_step=j_samp['ms_per_step'], jaxgen_peak_bytes=j_samp['peak_bytes'],
@@ -176,7 +183,7 @@ def summarise(out: str, ran: dict[str, str]) -> dict[str, Any]:
     kind = next((k for k in ('sampling', 'training') if name.startswith(f'jaxgen_{k}_')), None)
     row = _best(get(name)) if kind and name != 'jaxgen_sampling_full' else None
     if row and kind in s:
-      overrides = (_load(out, name) or {}).get('overrides', [])
+      overrides = (load(name) or {}).get('overrides', [])
       variants.append(dict(stage=name, what=kind,
                            overrides=[o for o in overrides if not o.startswith('model.dtype=')],
                            images_per_s=row['images_per_s'], ms_per_step=row['ms_per_step'],

@@ -29,7 +29,7 @@ case "${1:-}" in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
-    mkdir -p /tmp/bench
+    rm -rf /tmp/bench && mkdir -p /tmp/bench  # nothing from an earlier call on a warm machine
     {
       date
       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true

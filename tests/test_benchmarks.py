@@ -179,6 +179,19 @@ def test_rounds_report_the_median_of_each_figure_and_every_rounds_ratio(tmp_path
   assert not (tmp_path / 'none').exists()
 
 
+def test_summary_leaves_out_a_stage_that_did_not_run_this_time(tmp_path):
+  # An earlier run's JSON for a stage that was skipped now must not be reported as measured.
+  for name, row in (('jaxgen_sampling', dict(batch=4, steps=1000, images_per_s=1.0, ms_per_step=4.0,
+                                              peak_bytes=None, program_bytes=1)),
+                    ('peer_sampling', dict(mode='eager-fp32', images_per_s=2.0, peak_bytes=None))):
+    with open(tmp_path / f'{name}.json', 'w') as f:
+      json.dump({'results': [row]}, f)
+  fresh = compare.summarise(str(tmp_path), {'jaxgen_sampling': 'ok', 'peer_sampling': 'ok'})
+  assert fresh['sampling']['ratio_vs_best'] == pytest.approx(0.5)
+  stale = compare.summarise(str(tmp_path), {'jaxgen_sampling': 'out of time', 'peer_sampling': 'ok'})
+  assert 'sampling' not in stale and 'Stages not measured: jaxgen_sampling' in compare.markdown(stale)
+
+
 def test_paired_ratios_are_per_round_then_the_median():
   from benchmarks import paired  # pylint: disable=g-import-not-at-top
   # The machine slows down 4x over three rounds; both contenders slow with it, so each round's
