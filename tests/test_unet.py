@@ -133,6 +133,45 @@ def test_group_norm_matches_flax_forward_and_gradients(silu):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_group_norm_shift_is_the_norm_of_the_sum_with_its_gradient():
+  """GroupNorm(x, shift) == flax GroupNorm(x + shift at every position), values and all gradients."""
+  import flax.linen as nn
+  from jaxgen.nn.norm import GroupNorm
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 6, 64)) * 2 + 0.7
+  shift = jax.random.normal(jax.random.PRNGKey(5), (3, 64)) * 1.5
+  w = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+  ref, ours = nn.GroupNorm(num_groups=32, epsilon=1e-6), GroupNorm(silu=True)
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.PRNGKey(2), a.shape),
+                        ref.init(jax.random.PRNGKey(1), x))
+
+  def want_fn(p, x, shift):
+    return jnp.sum(nn.silu(ref.apply(p, x + shift[:, None, None, :])) * w)
+
+  def got_fn(p, x, shift):
+    return jnp.sum(ours.apply(p, x, shift) * w)
+  want, want_g = jax.value_and_grad(want_fn, argnums=(0, 1, 2))(params, x, shift)
+  got, got_g = jax.value_and_grad(got_fn, argnums=(0, 1, 2))(params, x, shift)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match=r'shift must have shape \(3, 64\)'):
+    ours.apply(params, x, shift[:, :32])
+
+
+def test_qkv_projection_is_dense_general_with_the_same_init():
+  import flax.linen as nn
+  from jaxgen.nn.blocks import QKVProjection, default_init
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 24))
+  ref, ours = nn.DenseGeneral((3, 16), kernel_init=default_init), QKVProjection(16)
+  params = ref.init(jax.random.PRNGKey(1), x)
+  # The same parameter tree and initial values: a checkpoint does not see the difference.
+  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.PRNGKey(1), x), params)
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(2), a.shape), params)
+  want = ref.apply(params, x)  # [2, 5, 3, 16]
+  for j, got in enumerate(ours.apply(params, x)):
+    np.testing.assert_allclose(got, want[:, :, j], rtol=1e-5, atol=1e-6)
+
+
 def test_parts_dense_is_dense_on_the_concatenation():
   import flax.linen as nn
   from jaxgen.nn.blocks import PartsDense, default_init

@@ -79,15 +79,44 @@ class ResBlock(nn.Module):
     h = group_norm(self.dtype, silu=True)(x)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=default_init)(h)
     h = checkpoint_name(h, CONV_OUTPUT)
-    h = h + nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init)(
-        nn.silu(emb))[:, None, None, :]
-    h = group_norm(self.dtype, silu=True)(h)
+    # The embedding is added inside the norm (GroupNorm(h + emb)), not as a broadcast add
+    # here, which XLA's GPU compiler would fold into the convolution above as a
+    # full-size side input (jaxgen.nn.norm).
+    emb = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init)(nn.silu(emb))  # [B, out_ch]
+    h = group_norm(self.dtype, silu=True)(h, shift=emb)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zeros_init)(h)
     h = checkpoint_name(h, CONV_OUTPUT)
     if x.shape[-1] != self.out_ch:
       x = PartsDense(self.out_ch, self.dtype, name='skip')(parts)
     return x + h
+
+
+class QKVProjection(nn.Module):
+  """Queries, keys and values of attention: x [..., C] -> three [..., features].
+
+  Parameters are those of `nn.DenseGeneral((3, features))` (kernel [C, 3,
+  features], initialised as a [C, 3 * features] kernel; bias [3, features]), so
+  checkpoints do not depend on how the product is written. One product, then
+  slices: three products with kernel slices read the input three times and were
+  slower on an H200. The bias is added after slicing, inside the slice copies
+  XLA writes anyway: added to the product, XLA's GPU compiler materialises the
+  broadcast bias as the matmul's full-size accumulator input
+  (benchmarks/results/h200_speed.md).
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    c, f = x.shape[-1], self.features
+
+    def kernel_init(rng, shape, dtype=jnp.float32):  # as DenseGeneral: fans of the flat kernel
+      return default_init(rng, (shape[0], shape[1] * shape[2]), dtype).reshape(shape)
+    kernel = self.param('kernel', kernel_init, (c, 3, f), jnp.float32).astype(self.dtype)
+    bias = self.param('bias', zeros_init, (3, f), jnp.float32).astype(self.dtype)
+    qkv = jnp.einsum('...c,cjf->...jf', x.astype(self.dtype), kernel)  # [..., 3, features]
+    return tuple(qkv[..., j, :] + bias[j] for j in range(3))
 
 
 class AttnBlock(nn.Module):
@@ -103,11 +132,8 @@ class AttnBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, hgt, wid, c = x.shape
     h = group_norm(self.dtype)(x)
-    qkv = nn.DenseGeneral((3, c), dtype=self.dtype, kernel_init=default_init, name='qkv')(h)
-    qkv = qkv.reshape(b, hgt * wid, 3, 1, c)  # [B, L, 3, heads=1, C]
-    # One product, then slices: three products with kernel slices were no faster on an H200
-    # (benchmarks/results/h200_speed.md).
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, L, 1, C]
+    q, k, v = QKVProjection(c, self.dtype, name='qkv')(h.reshape(b, hgt * wid, c))  # each [B, L, C]
+    q, k, v = (a[:, :, None, :] for a in (q, k, v))  # each [B, L, heads=1, C]
     h = dot_product_attention(q, k, v, implementation=self.attention)  # [B, L, 1, C]
     h = h.reshape(b, hgt, wid, c)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=zeros_init, name='proj_out')(h)

@@ -17,6 +17,15 @@ the input gradient follow:
 Statistics are float32 whatever the compute dtype; the variance is E[x^2] -
 E[x]^2, as Flax computes it. Same parameters ('scale', 'bias' of shape [C]) as
 `flax.linen.GroupNorm`, so checkpoints do not change.
+
+An optional per-(example, channel) `shift` [B, C] is added to the input first
+(a UNet residual block's time embedding): GroupNorm(x + shift) with the sum
+formed inside the norm's own passes, in float32. Written as a separate add of a
+broadcast after the convolution that produces x, XLA's GPU compiler instead
+folds it into that cuDNN convolution as a full-size "side input", so the
+broadcast is written to and read from device memory once per block
+(benchmarks/results/h200_speed.md). Its gradient is the input gradient summed
+over positions.
 """
 
 import functools
@@ -35,8 +44,16 @@ def _grouped(x: jax.Array, groups: int) -> jax.Array:
   return x.astype(jnp.float32).reshape(b, -1, groups, c // groups)
 
 
-def _forward(x, scale, bias, groups, eps, silu, dtype):
+def _shifted(x, shift, groups):
+  """float32 [B, N, G, Cg] of x [B, ..., C] plus shift [B, C] (or None) at every position."""
   xs = _grouped(x, groups)  # [B, N, G, Cg]
+  if shift is None:
+    return xs
+  return xs + shift.astype(jnp.float32).reshape(xs.shape[0], 1, *xs.shape[2:])
+
+
+def _forward(x, shift, scale, bias, groups, eps, silu, dtype):
+  xs = _shifted(x, shift, groups)  # [B, N, G, Cg]
   mean = jnp.mean(xs, axis=(1, 3), keepdims=True)  # [B, 1, G, 1]
   var = jnp.maximum(jnp.mean(jnp.square(xs), axis=(1, 3), keepdims=True) - jnp.square(mean), 0.0)
   rstd = jax.lax.rsqrt(var + eps)  # [B, 1, G, 1]
@@ -46,26 +63,26 @@ def _forward(x, scale, bias, groups, eps, silu, dtype):
   return y.astype(dtype).reshape(x.shape), (mean, rstd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float,
-               silu: bool, dtype: Dtype) -> jax.Array:
-  """GroupNorm of x [B, ..., C] over groups of C/groups channels and all positions.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def group_norm(x: jax.Array, shift: jax.Array | None, scale: jax.Array, bias: jax.Array,
+               groups: int, eps: float, silu: bool, dtype: Dtype) -> jax.Array:
+  """GroupNorm of x + shift over groups of C/groups channels and all positions.
 
-  scale, bias: float32 [C]; silu: apply SiLU to the result. Returns `dtype`
-  [B, ..., C].
+  x: [B, ..., C]; shift: [B, C] added at every position, or None; scale, bias:
+  float32 [C]; silu: apply SiLU to the result. Returns `dtype` [B, ..., C].
   """
-  return _forward(x, scale, bias, groups, eps, silu, dtype)[0]
+  return _forward(x, shift, scale, bias, groups, eps, silu, dtype)[0]
 
 
-def _group_norm_fwd(x, scale, bias, groups, eps, silu, dtype):
-  out, (mean, rstd) = _forward(x, scale, bias, groups, eps, silu, dtype)
-  return out, (x, scale, bias, mean, rstd)
+def _group_norm_fwd(x, shift, scale, bias, groups, eps, silu, dtype):
+  out, (mean, rstd) = _forward(x, shift, scale, bias, groups, eps, silu, dtype)
+  return out, (x, shift, scale, bias, mean, rstd)
 
 
 def _group_norm_bwd(groups, eps, silu, dtype, res, d_out):
   del eps, dtype
-  x, scale, bias, mean, rstd = res
-  xs = _grouped(x, groups)  # [B, N, G, Cg]
+  x, shift, scale, bias, mean, rstd = res
+  xs = _shifted(x, shift, groups)  # [B, N, G, Cg]
   shape_gc = xs.shape[2:]
   scale_gc = scale.reshape(shape_gc)
   xhat = (xs - mean) * rstd
@@ -81,8 +98,9 @@ def _group_norm_bwd(groups, eps, silu, dtype, res, d_out):
   count = xs.shape[1] * xs.shape[3]  # elements per group
   mean_g = jnp.sum(sum_d * scale_gc, axis=-1)[:, None, :, None] / count  # [B, 1, G, 1]
   mean_gx = jnp.sum(sum_dx * scale_gc, axis=-1)[:, None, :, None] / count
-  dx = rstd * (d * scale_gc - mean_g - xhat * mean_gx)
-  return dx.astype(x.dtype).reshape(x.shape), d_scale, d_bias
+  dx = rstd * (d * scale_gc - mean_g - xhat * mean_gx)  # [B, N, G, Cg]
+  d_shift = None if shift is None else jnp.sum(dx, axis=1).reshape(shift.shape).astype(shift.dtype)
+  return dx.astype(x.dtype).reshape(x.shape), d_shift, d_scale, d_bias
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
@@ -100,10 +118,14 @@ class GroupNorm(nn.Module):
   silu: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, shift: jax.Array | None = None) -> jax.Array:
+    """x: [B, ..., C]; shift: [B, C] added to x at every position first, or None."""
     c = x.shape[-1]
     if c % self.num_groups:
       raise ValueError(f'{c} channels do not split into {self.num_groups} groups.')
+    if shift is not None and shift.shape != (x.shape[0], c):
+      raise ValueError(f'shift must have shape {(x.shape[0], c)} ([batch, channels]), got {shift.shape}.')
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    return group_norm(x, scale, bias, self.num_groups, self.epsilon, self.silu, jnp.dtype(self.dtype))
+    return group_norm(x, shift, scale, bias, self.num_groups, self.epsilon, self.silu,
+                      jnp.dtype(self.dtype))
