@@ -59,7 +59,8 @@ def diffusion_program(model, sampler: str, batch: int, ddim_steps: int, time_ste
 
     def first_steps(p, r):  # the body of samplers.ddpm_sample, over its first n timesteps
       x, rng_loop = samplers._init(r, shape)  # pylint: disable=protected-access
-      body = lambda x_t, t: (samplers.ddpm_step(model.eps_fn(p), schedule, x_t, t, rng_loop,  # noqa: E731
+      eps_fn = model.eps_fn(p)  # built outside the loop, as model.sample builds it
+      body = lambda x_t, t: (samplers.ddpm_step(eps_fn, schedule, x_t, t, rng_loop,  # noqa: E731
                                                 variance=opts['variance'], clip_x0=opts['clip_x0']), None)
       return jax.lax.scan(body, x, jnp.arange(total - 1, total - 1 - n, -1, dtype=jnp.int32))[0]
     return first_steps, n, total

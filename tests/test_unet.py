@@ -228,3 +228,25 @@ def test_attention_kernel_choice():
     pick_attention('flash', bf16, 64, compute_capability=9.0)
   with pytest.raises(ValueError, match='model.attention'):
     UNetConfig(attention='flash')
+
+
+@pytest.mark.parametrize('options', [{}, {'context_dim': 16, 'conditioning': 'text', 'text_layers': 1,
+                                          'text_max_len': 8, 'num_heads': 2}])
+def test_matmul_params_cast_once_give_the_same_bfloat16_outputs(options):
+  """Casting conv and dense parameters before the call (as samplers do, outside their loop)
+  changes nothing: those layers cast them to the compute dtype anyway; norms stay float32."""
+  from jaxgen.nn.blocks import cast_matmul_params
+  unet = UNet(UNetConfig(**{**TINY.__dict__, 'dtype': 'bfloat16', **options}))
+  x, t = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3)), jnp.array([3, 500])
+  y = jnp.array([[72, 105, 0, 0], [0, 0, 0, 0]], jnp.int32) if options else None
+  params = jax.jit(unet.init)(jax.random.PRNGKey(1), x, t, y)['params']
+  params = jax.jit(lambda ps: jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3), p.shape), ps))(params)
+  cast = cast_matmul_params(params, jnp.bfloat16)
+  flat = jax.tree_util.tree_flatten_with_path(cast)[0]
+  dtypes = {jax.tree_util.keystr(k): v.dtype for k, v in flat}
+  assert dtypes["['conv_in']['kernel']"] == dtypes["['ResBlock_0']['Dense_0']['bias']"] == jnp.bfloat16
+  assert dtypes["['ResBlock_0']['GroupNorm_0']['scale']"] == jnp.float32
+  assert cast_matmul_params(params, jnp.float32) is params
+  apply = jax.jit(lambda p: unet.apply({'params': p}, x, t, y))
+  np.testing.assert_array_equal(apply(cast), apply(params))

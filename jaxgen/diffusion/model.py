@@ -39,6 +39,7 @@ from jaxgen.diffusion import editing
 from jaxgen.diffusion import prompts as prompts_lib
 from jaxgen.diffusion.unet import CONDITIONINGS, UNet, UNetConfig
 from jaxgen.errors import JaxgenError
+from jaxgen.nn.blocks import cast_matmul_params
 from jaxgen.nn.flops import hlo_flops
 from jaxgen.nn.text import encode_text
 
@@ -213,6 +214,8 @@ class DiffusionModel:
       return self._classifier_guided(eps, labels if classifier_labels is None else classifier_labels,
                                      classifier_scale)
     prediction = self.diffusion_config.prediction
+    # Cast here, where a sampler builds its eps function before its loop, not at every step.
+    params = cast_matmul_params(params, self.unet.config.dtype)
 
     def eps_y(x, t, y):
       if sharding is not None:
