@@ -172,6 +172,18 @@ def test_qkv_projection_is_dense_general_with_the_same_init():
     np.testing.assert_allclose(got, want[:, :, j], rtol=1e-5, atol=1e-6)
 
 
+def test_conv_bias_apart_is_conv_with_the_same_init():
+  import flax.linen as nn
+  from jaxgen.nn.blocks import ConvBiasApart, default_init
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 8))
+  ref, ours = nn.Conv(16, (3, 3), kernel_init=default_init), ConvBiasApart(16)
+  params = ref.init(jax.random.PRNGKey(1), x)
+  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.PRNGKey(1), x), params)
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(2), a.shape), params)
+  y, bias = ours.apply(params, x)
+  np.testing.assert_allclose(y + bias, ref.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
 def test_parts_dense_is_dense_on_the_concatenation():
   import flax.linen as nn
   from jaxgen.nn.blocks import PartsDense, default_init

@@ -24,8 +24,8 @@ formed inside the norm's own passes, in float32. Written as a separate add of a
 broadcast after the convolution that produces x, XLA's GPU compiler instead
 folds it into that cuDNN convolution as a full-size "side input", so the
 broadcast is written to and read from device memory once per block
-(benchmarks/results/h200_speed.md). Its gradient is the input gradient summed
-over positions.
+(benchmarks/results/h200_speed.md). Its gradient, the input gradient summed
+over positions, follows from per-channel sums the two passes already form.
 """
 
 import functools
@@ -54,13 +54,15 @@ def _shifted(x, shift, groups):
 
 def _forward(x, shift, scale, bias, groups, eps, silu, dtype):
   xs = _shifted(x, shift, groups)  # [B, N, G, Cg]
-  mean = jnp.mean(xs, axis=(1, 3), keepdims=True)  # [B, 1, G, 1]
-  var = jnp.maximum(jnp.mean(jnp.square(xs), axis=(1, 3), keepdims=True) - jnp.square(mean), 0.0)
+  count = xs.shape[1] * xs.shape[3]  # elements per group
+  sum_x = jnp.sum(xs, axis=1)  # [B, G, Cg]: per channel, kept for the shift's gradient
+  mean = jnp.sum(sum_x, axis=-1)[:, None, :, None] / count  # [B, 1, G, 1]
+  var = jnp.maximum(jnp.sum(jnp.square(xs), axis=(1, 3), keepdims=True) / count - jnp.square(mean), 0.0)
   rstd = jax.lax.rsqrt(var + eps)  # [B, 1, G, 1]
   y = (xs - mean) * rstd * scale.reshape(xs.shape[2:]) + bias.reshape(xs.shape[2:])
   if silu:
     y = jax.nn.silu(y)
-  return y.astype(dtype).reshape(x.shape), (mean, rstd)
+  return y.astype(dtype).reshape(x.shape), (sum_x, mean, rstd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
@@ -75,13 +77,13 @@ def group_norm(x: jax.Array, shift: jax.Array | None, scale: jax.Array, bias: ja
 
 
 def _group_norm_fwd(x, shift, scale, bias, groups, eps, silu, dtype):
-  out, (mean, rstd) = _forward(x, shift, scale, bias, groups, eps, silu, dtype)
-  return out, (x, shift, scale, bias, mean, rstd)
+  out, (sum_x, mean, rstd) = _forward(x, shift, scale, bias, groups, eps, silu, dtype)
+  return out, (x, shift, scale, bias, None if shift is None else sum_x, mean, rstd)
 
 
 def _group_norm_bwd(groups, eps, silu, dtype, res, d_out):
   del eps, dtype
-  x, shift, scale, bias, mean, rstd = res
+  x, shift, scale, bias, sum_x, mean, rstd = res
   xs = _shifted(x, shift, groups)  # [B, N, G, Cg]
   shape_gc = xs.shape[2:]
   scale_gc = scale.reshape(shape_gc)
@@ -99,7 +101,12 @@ def _group_norm_bwd(groups, eps, silu, dtype, res, d_out):
   mean_g = jnp.sum(sum_d * scale_gc, axis=-1)[:, None, :, None] / count  # [B, 1, G, 1]
   mean_gx = jnp.sum(sum_dx * scale_gc, axis=-1)[:, None, :, None] / count
   dx = rstd * (d * scale_gc - mean_g - xhat * mean_gx)  # [B, N, G, Cg]
-  d_shift = None if shift is None else jnp.sum(dx, axis=1).reshape(shift.shape).astype(shift.dtype)
+  d_shift = None
+  if shift is not None:  # dx summed over positions, from per-channel sums already at hand
+    n = xs.shape[1]
+    sum_xhat = rstd[:, 0] * (sum_x - n * mean[:, 0])  # [B, G, Cg]
+    d_shift = rstd[:, 0] * (sum_d * scale_gc - n * mean_g[:, 0] - mean_gx[:, 0] * sum_xhat)
+    d_shift = d_shift.reshape(shift.shape).astype(shift.dtype)
   return dx.astype(x.dtype).reshape(x.shape), d_shift, d_scale, d_bias
 
 
