@@ -158,6 +158,30 @@ def test_group_norm_shift_is_the_norm_of_the_sum_with_its_gradient():
     ours.apply(params, x, shift[:, :32])
 
 
+def test_group_norm_of_parts_is_the_norm_of_their_concatenation():
+  """Parts of 12 and 20 channels in groups of 8 (one group straddles them): the same output,
+  and the gradients of the parts, shift, scale and bias, as the norm of the concatenation."""
+  from jaxgen.nn.norm import GroupNorm
+  a = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 12)) * 2 + 0.5
+  b = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 5, 20)) - 0.3
+  shift = jax.random.normal(jax.random.PRNGKey(2), (2, 32))
+  w = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 5, 32))
+  norm = GroupNorm(num_groups=4, silu=True)
+  params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(4), p.shape),
+                        norm.init(jax.random.PRNGKey(5), jnp.concatenate([a, b], -1)))
+
+  def loss(p, a, b, shift, split):
+    x = (a, b) if split else jnp.concatenate([a, b], -1)
+    return jnp.sum(norm.apply(p, x, shift) * w)
+  want, want_g = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(params, a, b, shift, False)
+  got, got_g = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(params, a, b, shift, True)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for x, y in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='agree in all but their channels'):
+    norm.apply(params, (a, b[:, :2]))
+
+
 def test_qkv_projection_is_dense_general_with_the_same_init():
   import flax.linen as nn
   from jaxgen.nn.blocks import QKVProjection, default_init

@@ -124,8 +124,7 @@ class ResBlock(nn.Module):
   def __call__(self, x: jax.Array | Sequence[jax.Array], emb: jax.Array,
                train: bool) -> jax.Array:
     parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)  # [B, H, W, C]
-    h = group_norm(self.dtype, silu=True)(x)
+    h = group_norm(self.dtype, silu=True)(parts)  # [B, H, W, C]: the parts' concatenation
     h, conv_bias = ConvBiasApart(self.out_ch, dtype=self.dtype, name='Conv_0')(h)
     h = checkpoint_name(h, CONV_OUTPUT)
     # The embedding and the convolution's bias are added inside the norm (GroupNorm(h + shift)),
@@ -137,8 +136,10 @@ class ResBlock(nn.Module):
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zeros_init, name='Conv_1')(h)
     h = checkpoint_name(h, CONV_OUTPUT)
-    if x.shape[-1] != self.out_ch:
+    if sum(p.shape[-1] for p in parts) != self.out_ch:
       x = PartsDense(self.out_ch, self.dtype, name='skip')(parts)
+    else:
+      x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)  # [B, H, W, C]
     return x + h
 
 

@@ -26,88 +26,142 @@ folds it into that cuDNN convolution as a full-size "side input", so the
 broadcast is written to and read from device memory once per block
 (benchmarks/results/h200_speed.md). Its gradient, the input gradient summed
 over positions, follows from per-channel sums the two passes already form.
+
+The input may also arrive as parts whose channel concatenation it is (a UNet
+up block's input and its skip connection): the output is the normalised
+concatenation, written once, and the backward pass writes each part's
+gradient directly, where differentiating a `jnp.concatenate` in front of the
+norm writes the whole input gradient and then copies it out part by part (6.4
+GB per training step of the CIFAR-10 UNet at batch 512). A group may straddle
+two parts: statistics are formed from per-channel sums, then grouped.
 """
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Dtype = Any
+Parts = tuple[jax.Array, ...]
 
 
-def _grouped(x: jax.Array, groups: int) -> jax.Array:
-  """[B, ..., C] -> float32 [B, N, G, C/G] (N: all positions)."""
-  b, c = x.shape[0], x.shape[-1]
-  return x.astype(jnp.float32).reshape(b, -1, groups, c // groups)
+def _bounds(parts: Parts) -> list[tuple[int, int]]:
+  """The channel range [start, end) of each part in the concatenation."""
+  out, start = [], 0
+  for p in parts:
+    out.append((start, start + p.shape[-1]))
+    start += p.shape[-1]
+  return out
 
 
-def _shifted(x, shift, groups):
-  """float32 [B, N, G, Cg] of x [B, ..., C] plus shift [B, C] (or None) at every position."""
-  xs = _grouped(x, groups)  # [B, N, G, Cg]
+def _flat(x: jax.Array) -> jax.Array:
+  """[B, ..., C] -> float32 [B, N, C] (N: all positions)."""
+  return x.astype(jnp.float32).reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _per_group(per_channel: jax.Array, groups: int) -> jax.Array:
+  """[B, C] -> [B, G]: sums over each group's C/G channels."""
+  b, c = per_channel.shape
+  return jnp.sum(per_channel.reshape(b, groups, c // groups), axis=-1)
+
+
+def _per_channel(per_group: jax.Array, channels: int) -> jax.Array:
+  """[B, G] -> [B, 1, C]: each group's value for each of its channels."""
+  return jnp.repeat(per_group, channels // per_group.shape[1], axis=1)[:, None, :]
+
+
+def _inputs(parts: Parts, shift: jax.Array | None) -> list[jax.Array]:
+  """float32 [B, N, C_i] of each part, plus its channels of shift [B, C] at every position."""
+  xs = [_flat(p) for p in parts]
   if shift is None:
     return xs
-  return xs + shift.astype(jnp.float32).reshape(xs.shape[0], 1, *xs.shape[2:])
+  return [x + shift[:, None, lo:hi].astype(jnp.float32) for x, (lo, hi) in zip(xs, _bounds(parts))]
 
 
-def _forward(x, shift, scale, bias, groups, eps, silu, dtype):
-  xs = _shifted(x, shift, groups)  # [B, N, G, Cg]
-  count = xs.shape[1] * xs.shape[3]  # elements per group
-  sum_x = jnp.sum(xs, axis=1)  # [B, G, Cg]: per channel, kept for the shift's gradient
-  mean = jnp.sum(sum_x, axis=-1)[:, None, :, None] / count  # [B, 1, G, 1]
-  var = jnp.maximum(jnp.sum(jnp.square(xs), axis=(1, 3), keepdims=True) / count - jnp.square(mean), 0.0)
-  rstd = jax.lax.rsqrt(var + eps)  # [B, 1, G, 1]
-  y = (xs - mean) * rstd * scale.reshape(xs.shape[2:]) + bias.reshape(xs.shape[2:])
-  if silu:
-    y = jax.nn.silu(y)
-  return y.astype(dtype).reshape(x.shape), (sum_x, mean, rstd)
+def _forward(parts, shift, scale, bias, groups, eps, silu, dtype):
+  xs = _inputs(parts, shift)  # each [B, N, C_i]
+  n, c = xs[0].shape[1], scale.shape[0]
+  count = n * (c // groups)  # elements per group
+  sum_x = jnp.concatenate([jnp.sum(x, axis=1) for x in xs], axis=-1)  # [B, C]
+  sum_x2 = jnp.concatenate([jnp.sum(jnp.square(x), axis=1) for x in xs], axis=-1)  # [B, C]
+  mean = _per_group(sum_x, groups) / count  # [B, G]
+  var = jnp.maximum(_per_group(sum_x2, groups) / count - jnp.square(mean), 0.0)
+  rstd = jax.lax.rsqrt(var + eps)  # [B, G]
+  mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)  # [B, 1, C]
+  ys = []
+  for x, (lo, hi) in zip(xs, _bounds(parts)):
+    y = (x - mean_c[..., lo:hi]) * rstd_c[..., lo:hi] * scale[lo:hi] + bias[lo:hi]  # [B, N, C_i]
+    ys.append(jax.nn.silu(y) if silu else y)
+  out = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)  # [B, N, C]
+  return out.astype(dtype).reshape(*parts[0].shape[:-1], c), (sum_x, mean, rstd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def group_norm(x: jax.Array, shift: jax.Array | None, scale: jax.Array, bias: jax.Array,
+def group_norm(parts: Parts, shift: jax.Array | None, scale: jax.Array, bias: jax.Array,
                groups: int, eps: float, silu: bool, dtype: Dtype) -> jax.Array:
   """GroupNorm of x + shift over groups of C/groups channels and all positions.
 
-  x: [B, ..., C]; shift: [B, C] added at every position, or None; scale, bias:
-  float32 [C]; silu: apply SiLU to the result. Returns `dtype` [B, ..., C].
+  parts: the input x [B, ..., C] as a tuple of arrays [B, ..., C_i] whose
+  channel concatenation it is (one array: a 1-tuple); shift: [B, C] added at
+  every position, or None; scale, bias: float32 [C]; silu: apply SiLU to the
+  result. Returns `dtype` [B, ..., C].
   """
-  return _forward(x, shift, scale, bias, groups, eps, silu, dtype)[0]
+  return _forward(parts, shift, scale, bias, groups, eps, silu, dtype)[0]
 
 
-def _group_norm_fwd(x, shift, scale, bias, groups, eps, silu, dtype):
-  out, (sum_x, mean, rstd) = _forward(x, shift, scale, bias, groups, eps, silu, dtype)
-  return out, (x, shift, scale, bias, None if shift is None else sum_x, mean, rstd)
+def _group_norm_fwd(parts, shift, scale, bias, groups, eps, silu, dtype):
+  out, (sum_x, mean, rstd) = _forward(parts, shift, scale, bias, groups, eps, silu, dtype)
+  return out, (parts, shift, scale, bias, None if shift is None else sum_x, mean, rstd)
 
 
 def _group_norm_bwd(groups, eps, silu, dtype, res, d_out):
   del eps, dtype
-  x, shift, scale, bias, sum_x, mean, rstd = res
-  xs = _shifted(x, shift, groups)  # [B, N, G, Cg]
-  shape_gc = xs.shape[2:]
-  scale_gc = scale.reshape(shape_gc)
-  xhat = (xs - mean) * rstd
-  d = d_out.astype(jnp.float32).reshape(xs.shape)  # dL/d(output)
-  if silu:  # through SiLU: d/dy [y sigmoid(y)] = s (1 + y (1 - s))
-    y = xhat * scale_gc + bias.reshape(shape_gc)
-    s = jax.nn.sigmoid(y)
-    d = d * s * (1.0 + y * (1.0 - s))  # dL/dy
-  sum_d = jnp.sum(d, axis=1)  # [B, G, Cg]
-  sum_dx = jnp.sum(d * xhat, axis=1)  # [B, G, Cg]
-  d_bias = jnp.sum(sum_d, axis=0).reshape(scale.shape)
-  d_scale = jnp.sum(sum_dx, axis=0).reshape(scale.shape)
-  count = xs.shape[1] * xs.shape[3]  # elements per group
-  mean_g = jnp.sum(sum_d * scale_gc, axis=-1)[:, None, :, None] / count  # [B, 1, G, 1]
-  mean_gx = jnp.sum(sum_dx * scale_gc, axis=-1)[:, None, :, None] / count
-  dx = rstd * (d * scale_gc - mean_g - xhat * mean_gx)  # [B, N, G, Cg]
+  parts, shift, scale, bias, sum_x, mean, rstd = res
+  xs = _inputs(parts, shift)  # each [B, N, C_i]
+  n, c = xs[0].shape[1], scale.shape[0]
+  count = n * (c // groups)
+  mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)  # [B, 1, C]
+  d_all = d_out.reshape(d_out.shape[0], n, c)  # dL/d(output), [B, N, C]
+
+  def grads(i: int, sigmoid) -> tuple[jax.Array, jax.Array]:
+    """(xhat, dL/dy) of part i [B, N, C_i], with `sigmoid` for the SiLU's derivative."""
+    lo, hi = _bounds(parts)[i]
+    xhat = (xs[i] - mean_c[..., lo:hi]) * rstd_c[..., lo:hi]  # [B, N, C_i]
+    d = d_all[..., lo:hi].astype(jnp.float32)
+    if silu:  # through SiLU: d/dy [y sigmoid(y)] = s (1 + y (1 - s))
+      y = xhat * scale[lo:hi] + bias[lo:hi]
+      s = sigmoid(y)
+      d = d * s * (1.0 + y * (1.0 - s))
+    return xhat, d
+
+  # dL/dy has three consumers: the two sums, then dx. A value that is costly to repeat (the
+  # sigmoid) and has several consumers is written to memory by XLA, here in float32, and
+  # read back by each; so each consumer gets its own, equal form of the sigmoid, which XLA
+  # does not merge, and recomputes dL/dy from d_out and x: half the memory traffic.
+  sum_d, sum_dx = [], []
+  for i in range(len(parts)):
+    _, d = grads(i, jax.nn.sigmoid)
+    sum_d.append(jnp.sum(d, axis=1))  # [B, C_i]
+    xhat, d = grads(i, lambda y: 1.0 - jax.nn.sigmoid(-y))
+    sum_dx.append(jnp.sum(d * xhat, axis=1))
+  sum_d, sum_dx = jnp.concatenate(sum_d, axis=-1), jnp.concatenate(sum_dx, axis=-1)  # [B, C]
+  d_bias, d_scale = jnp.sum(sum_d, axis=0), jnp.sum(sum_dx, axis=0)
+  mean_g = _per_channel(_per_group(sum_d * scale, groups) / count, c)  # [B, 1, C]
+  mean_gx = _per_channel(_per_group(sum_dx * scale, groups) / count, c)
+  d_parts = []
+  for i, (p, (lo, hi)) in enumerate(zip(parts, _bounds(parts))):
+    xhat, d = grads(i, lambda y: 0.5 * jnp.tanh(0.5 * y) + 0.5)  # = sigmoid(y)
+    dx = rstd_c[..., lo:hi] * (d * scale[lo:hi] - mean_g[..., lo:hi] - xhat * mean_gx[..., lo:hi])
+    d_parts.append(dx.astype(p.dtype).reshape(p.shape))
+  d_parts = tuple(d_parts)
   d_shift = None
-  if shift is not None:  # dx summed over positions, from per-channel sums already at hand
-    n = xs.shape[1]
-    sum_xhat = rstd[:, 0] * (sum_x - n * mean[:, 0])  # [B, G, Cg]
-    d_shift = rstd[:, 0] * (sum_d * scale_gc - n * mean_g[:, 0] - mean_gx[:, 0] * sum_xhat)
-    d_shift = d_shift.reshape(shift.shape).astype(shift.dtype)
-  return dx.astype(x.dtype).reshape(x.shape), d_shift, d_scale, d_bias
+  if shift is not None:  # the input gradient summed over positions, from the sums at hand
+    sum_xhat = rstd_c[:, 0] * (sum_x - n * mean_c[:, 0])  # [B, C]
+    d_shift = rstd_c[:, 0] * (sum_d * scale - n * mean_g[:, 0] - mean_gx[:, 0] * sum_xhat)
+    d_shift = d_shift.astype(shift.dtype)
+  return d_parts, d_shift, d_scale, d_bias
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
@@ -115,6 +169,9 @@ group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 class GroupNorm(nn.Module):
   """GroupNorm with `num_groups` groups (and SiLU after it if `silu`), [B, ..., C] -> same shape.
+
+  The input may be given as a sequence of [B, ..., C_i], its channel
+  concatenation (the output is then [B, ..., sum C_i]).
 
   Parameters 'scale' (ones) and 'bias' (zeros), float32 [C], named as in
   `flax.linen.GroupNorm`; the output has the compute dtype `dtype`.
@@ -125,14 +182,19 @@ class GroupNorm(nn.Module):
   silu: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, shift: jax.Array | None = None) -> jax.Array:
-    """x: [B, ..., C]; shift: [B, C] added to x at every position first, or None."""
-    c = x.shape[-1]
+  def __call__(self, x: jax.Array | Sequence[jax.Array], shift: jax.Array | None = None) -> jax.Array:
+    """x: [B, ..., C] or parts [B, ..., C_i]; shift: [B, C] added to x at every position first, or None."""
+    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    c = sum(p.shape[-1] for p in parts)
     if c % self.num_groups:
       raise ValueError(f'{c} channels do not split into {self.num_groups} groups.')
-    if shift is not None and shift.shape != (x.shape[0], c):
-      raise ValueError(f'shift must have shape {(x.shape[0], c)} ([batch, channels]), got {shift.shape}.')
+    if any(p.shape[:-1] != parts[0].shape[:-1] for p in parts):
+      raise ValueError(f'the parts must agree in all but their channels, got shapes '
+                       f'{[p.shape for p in parts]}.')
+    if shift is not None and shift.shape != (parts[0].shape[0], c):
+      raise ValueError(f'shift must have shape {(parts[0].shape[0], c)} ([batch, channels]), '
+                       f'got {shift.shape}.')
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    return group_norm(x, shift, scale, bias, self.num_groups, self.epsilon, self.silu,
+    return group_norm(parts, shift, scale, bias, self.num_groups, self.epsilon, self.silu,
                       jnp.dtype(self.dtype))
