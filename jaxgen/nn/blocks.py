@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from jaxgen.nn.dropout import Dropout
 from jaxgen.nn.kernels import dot_product_attention
 from jaxgen.nn.norm import GroupNorm
 
@@ -133,7 +134,7 @@ class ResBlock(nn.Module):
     emb = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init)(nn.silu(emb))  # [B, out_ch]
     shift = emb.astype(jnp.float32) + conv_bias.astype(jnp.float32)  # [B, out_ch]
     h = group_norm(self.dtype, silu=True)(h, shift=shift)
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zeros_init, name='Conv_1')(h)
     h = checkpoint_name(h, CONV_OUTPUT)
     if sum(p.shape[-1] for p in parts) != self.out_ch:
