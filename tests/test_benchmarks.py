@@ -226,3 +226,39 @@ def test_device_script_says_what_is_missing_before_any_work():
   assert usage.returncode == 2 and 'usage: bash benchmarks/device.sh wheels | run' in usage.stderr
   no_out = subprocess.run(['bash', script, 'run'], capture_output=True, text=True, env=env, check=False)
   assert no_out.returncode != 0 and 'where the device tool sets OUT' in no_out.stderr
+
+
+# ---------------------------------------------------------------- gpu_traffic: reading a compiled program
+
+
+def test_gpu_traffic_reads_kernels_and_their_bytes_from_a_compiled_program():
+  from benchmarks import gpu_traffic as gt
+  assert gt.type_bytes('(bf16[2,3]{1,0}, u8[0]{0})') == 12
+  assert gt.type_bytes('f32[]') == 4
+  # Any backend's optimised HLO reads the same way; here the CPU's.
+  f = jax.jit(lambda x, y: jnp.tanh(x * 2.0 + 1.0) @ y)
+  rows = gt.kernels(gt.computation(f.lower(jnp.ones((64, 32)), jnp.ones((32, 16))).compile().as_text()))
+  tanh = next(r for r in rows if r['op'].endswith('tanh'))
+  assert (tanh['bytes_in'], tanh['bytes_out']) == (64 * 32 * 4, 64 * 32 * 4)
+  dot = next(r for r in rows if r['op'].endswith('dot_general'))
+  assert (dot['bytes_in'], dot['bytes_out']) == ((64 * 32 + 32 * 16) * 4, 64 * 16 * 4)
+  summary = gt.summarise(rows, bandwidth=1e9)
+  assert summary['kernels'] == len(rows)
+  assert summary['gb'] == pytest.approx(sum(r['bytes_in'] + r['bytes_out'] for r in rows) / 1e9)
+  assert summary['ms_at_bandwidth'] == pytest.approx(summary['gb'] * 1e3)
+  # A scan's body: the kernels of one step.
+  g = jax.jit(lambda x: jax.lax.scan(lambda c, _: (jnp.sin(c) * 3.0, None), x, None, length=3)[0])
+  body = gt.kernels(gt.loop_body(g.lower(jnp.ones((128,))).compile().as_text()))
+  assert any(r['bytes_in'] == r['bytes_out'] == 512 and 'while/body' in r['op'] for r in body)
+  with pytest.raises(ValueError, match='no while loop'):
+    gt.loop_body('ENTRY %main {\n}\n')
+
+
+def test_gpu_traffic_checks_its_arguments_before_compiling():
+  from benchmarks import gpu_traffic as gt
+  with pytest.raises(SystemExit, match='--batch must be at least 1'):
+    gt.main(['--batch', '0'])
+  with pytest.raises(SystemExit, match='give a diffusion config'):
+    gt.main(['--config', 'experiments/dcgan_mnist.py'])
+  with pytest.raises(SystemExit, match='no_such_key'):
+    gt.main(['--variant', 'model.no_such_key=1'])

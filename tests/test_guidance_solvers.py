@@ -154,7 +154,7 @@ class _FakeNet(nn.Module):
 
 
 def _fake_model(prediction='eps', label_dropout=0.0, num_classes=10):
-  net = _FakeNet(ml_collections.ConfigDict({'num_classes': num_classes}))
+  net = _FakeNet(ml_collections.ConfigDict({'num_classes': num_classes, 'dtype': 'float32'}))
   diff = model_lib.DiffusionConfig(prediction=prediction, label_dropout=label_dropout)
   return model_lib.DiffusionModel(net, SCHEDULE, model_lib.SampleConfig(), SHAPE, diff)
 
