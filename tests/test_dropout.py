@@ -53,3 +53,16 @@ def test_module_draws_from_the_dropout_rng():
   assert not np.array_equal(a, b)
   np.testing.assert_array_equal(a, layer.apply({}, x, rngs={'dropout': jax.random.PRNGKey(1)}))
   np.testing.assert_array_equal(Dropout(0.5, deterministic=True).apply({}, x), x)
+
+
+def test_the_mask_is_the_same_on_any_mesh():
+  """A batch sharded over 8 devices, or over 4 x 2, gets the mask of the unsharded array."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 16))
+  want = dropout(x, 0.3, SEED)
+  devices = np.array(jax.devices()[:8])
+  for mesh, spec in ((Mesh(devices, ('data',)), P('data')),
+                     (Mesh(devices.reshape(4, 2), ('data', 'model')), P('data', None, None, 'model'))):
+    sharded = jax.device_put(x, NamedSharding(mesh, spec))
+    got = jax.jit(lambda v: dropout(v, 0.3, SEED))(sharded)
+    np.testing.assert_array_equal(got, want)
