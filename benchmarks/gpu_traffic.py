@@ -8,10 +8,12 @@ Compiles the step ahead of time for an NVIDIA H200 (SM 9.0; `TARGET` below,
 the figures of the machine measured in benchmarks/results/h200_speed.md) with
 JAX's deviceless compilation, then reads the optimised program: every kernel
 it launches per step (fusions, cuDNN convolutions and attention, cuBLAS
-matmuls, copies) with the bytes of its operands and results. Memory-bound
-kernels take about bytes / bandwidth, so the total bytes and the kernel count
-predict how a change moves the step time before a GPU is at hand; the
-profile on the device (`benchmarks.compare --preset h200`) decides.
+matmuls, copies) with the bytes of its operands and results, and the bytes of
+the program's temporary buffers (XLA's memory analysis: what its schedule keeps
+live beside parameters and inputs). Memory-bound kernels take about bytes /
+bandwidth, so the total bytes and the kernel count predict how a change moves
+the step time before a GPU is at hand, and the temporaries how it moves peak
+memory; the device (`benchmarks.compare --preset h200`) decides.
 
 What differs from a compile on the device: no autotuning, so matmuls are
 pinned to cuBLAS (`--xla_gpu_enable_triton_gemm=false`; the H200 profiles
@@ -158,8 +160,9 @@ def _deviceless_device():
   return topology.devices[0]
 
 
-def step_program(config_spec: str, overrides: list[str], what: str, batch: int, device) -> str:
-  """The optimised HLO text of the step, compiled for `device`."""
+def step_program(config_spec: str, overrides: list[str], what: str, batch: int, device
+                 ) -> tuple[str, int]:
+  """(optimised HLO text of the step compiled for `device`, its temporary buffers' bytes)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxgen import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -171,14 +174,16 @@ def step_program(config_spec: str, overrides: list[str], what: str, batch: int, 
     _, model, params = sampling.load_model(config_spec, None, overrides)
     fn, _, _ = sampling.diffusion_program(model, 'ddpm', batch, 0, 2)  # a scan of 2 steps
     args = (jax.tree.map(spec, params), spec(jax.random.PRNGKey(0)))
-    return jax.jit(fn).lower(*args).compile().as_text()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled.as_text(), compiled.memory_analysis().temp_size_in_bytes
   from jaxgen.train import trainer  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(config_spec, [*overrides, f'train.batch_size={batch}'])
   s = trainer.setup(config)
   state = jax.tree.map(spec, jax.eval_shape(s.init_state))
   data = {'image': jax.ShapeDtypeStruct((batch, *s.model.image_shape), jnp.float32, sharding=sharding),
           'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding)}
-  return jax.jit(s.step_fn, donate_argnums=0).lower(state, data).compile().as_text()
+  compiled = jax.jit(s.step_fn, donate_argnums=0).lower(state, data).compile()
+  return compiled.as_text(), compiled.memory_analysis().temp_size_in_bytes
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -218,17 +223,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   device = _deviceless_device()
   results = []
   for label, overrides in variants.items():
-    text = step_program(args.config, overrides, args.what, args.batch, device)
+    text, temp_bytes = step_program(args.config, overrides, args.what, args.batch, device)
     if args.save_hlo:
       os.makedirs(args.save_hlo, exist_ok=True)
       with open(os.path.join(args.save_hlo, re.sub(r'\W+', '_', label) + '.hlo'), 'w') as f:
         f.write(text)
     body = loop_body(text) if args.what == 'sampling' else computation(text)
-    row = dict(contender=label, **summarise(kernels(body), args.bandwidth))
+    row = dict(contender=label, **summarise(kernels(body), args.bandwidth),
+               temp_gib=temp_bytes / 2 ** 30)
     results.append(row)
     print(f'{label}: {args.what}, batch {args.batch}: {row["kernels"]} kernels per step, '
           f'{row["gb"]:.2f} GB moved ({row["ms_at_bandwidth"]:.2f} ms at '
-          f'{args.bandwidth / 1e12:.1f} TB/s)', flush=True)
+          f'{args.bandwidth / 1e12:.1f} TB/s), temporaries {row["temp_gib"]:.2f} GiB', flush=True)
     for k in row['by_kind'][:args.top]:
       print(f'  {k["gb"]:8.2f} GB {k["kernels"]:5d}x  {k["kind"]}')
   command = ' '.join(['python -m benchmarks.gpu_traffic', *(argv if argv is not None else sys.argv[1:])])
