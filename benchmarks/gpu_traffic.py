@@ -180,7 +180,8 @@ def step_program(config_spec: str, overrides: list[str], what: str, batch: int, 
   config = config_lib.load_config(config_spec, [*overrides, f'train.batch_size={batch}'])
   s = trainer.setup(config)
   state = jax.tree.map(spec, jax.eval_shape(s.init_state))
-  data = {'image': jax.ShapeDtypeStruct((batch, *s.model.image_shape), jnp.float32, sharding=sharding),
+  data = {'image': jax.ShapeDtypeStruct((batch, *s.model.image_shape), jnp.float32,
+                                        sharding=sharding),
           'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding)}
   compiled = jax.jit(s.step_fn, donate_argnums=0).lower(state, data).compile()
   return compiled.as_text(), compiled.memory_analysis().temp_size_in_bytes
@@ -188,7 +189,8 @@ def step_program(config_spec: str, overrides: list[str], what: str, batch: int, 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--config', default=CIFAR, help='experiments/NAME.py[:ARG], a diffusion config')
+  parser.add_argument('--config', default=CIFAR,
+                      help='experiments/NAME.py[:ARG], a diffusion config')
   parser.add_argument('--what', default='sampling', choices=WHAT)
   parser.add_argument('--batch', type=int, default=1024)
   parser.add_argument('--variant', action='append', default=[], metavar='KEY=VALUE[+KEY=VALUE]',
@@ -212,8 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   except JaxgenError as e:
     raise SystemExit(str(e)) from e
   if base.family != 'diffusion':
-    raise SystemExit(f'{args.config} is a {base.family} experiment; benchmarks.gpu_traffic compiles '
-                     'the diffusion UNet\'s steps, so give a diffusion config.')
+    raise SystemExit(f'{args.config} is a {base.family} experiment; benchmarks.gpu_traffic '
+                     'compiles the diffusion UNet\'s steps, so give a diffusion config.')
   # Before JAX starts its backends: XLA reads its flags once.
   os.environ['XLA_FLAGS'] = ' '.join(
       [os.environ.get('XLA_FLAGS', ''), '--xla_gpu_enable_triton_gemm=false']).strip()
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f'{args.bandwidth / 1e12:.1f} TB/s), temporaries {row["temp_gib"]:.2f} GiB', flush=True)
     for k in row['by_kind'][:args.top]:
       print(f'  {k["gb"]:8.2f} GB {k["kernels"]:5d}x  {k["kind"]}')
-  command = ' '.join(['python -m benchmarks.gpu_traffic', *(argv if argv is not None else sys.argv[1:])])
+  command = ' '.join(['python -m benchmarks.gpu_traffic',
+                      *(argv if argv is not None else sys.argv[1:])])
   record = dict(common.machine(command), target='NVIDIA H200 (deviceless)', config=args.config,
                 what=args.what, batch=args.batch, results=results)
   common.write_json(args.json, record)

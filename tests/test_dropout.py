@@ -61,8 +61,9 @@ def test_the_mask_is_the_same_on_any_mesh():
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 16))
   want = dropout(x, 0.3, SEED)
   devices = np.array(jax.devices()[:8])
-  for mesh, spec in ((Mesh(devices, ('data',)), P('data')),
-                     (Mesh(devices.reshape(4, 2), ('data', 'model')), P('data', None, None, 'model'))):
+  meshes = ((Mesh(devices, ('data',)), P('data')),
+            (Mesh(devices.reshape(4, 2), ('data', 'model')), P('data', None, None, 'model')))
+  for mesh, spec in meshes:
     sharded = jax.device_put(x, NamedSharding(mesh, spec))
     got = jax.jit(lambda v: dropout(v, 0.3, SEED))(sharded)
     np.testing.assert_array_equal(got, want)

@@ -131,8 +131,8 @@ class ResBlock(nn.Module):
     # The embedding and the convolution's bias are added inside the norm (GroupNorm(h + shift)),
     # not as a broadcast add here, which XLA's GPU compiler would fold into the convolution
     # above as a full-size side input (jaxgen.nn.norm).
-    emb = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init)(nn.silu(emb))  # [B, out_ch]
-    shift = emb.astype(jnp.float32) + conv_bias.astype(jnp.float32)  # [B, out_ch]
+    emb = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init)(nn.silu(emb))  # [B, C']
+    shift = emb.astype(jnp.float32) + conv_bias.astype(jnp.float32)  # [B, C']
     h = group_norm(self.dtype, silu=True)(h, shift=shift)
     h = Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zeros_init, name='Conv_1')(h)

@@ -183,8 +183,9 @@ class GroupNorm(nn.Module):
   silu: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array | Sequence[jax.Array], shift: jax.Array | None = None) -> jax.Array:
-    """x: [B, ..., C] or parts [B, ..., C_i]; shift: [B, C] added to x at every position first, or None."""
+  def __call__(self, x: jax.Array | Sequence[jax.Array],
+               shift: jax.Array | None = None) -> jax.Array:
+    """x: [B, ..., C] or parts [B, ..., C_i]; shift: [B, C] added at every position, or None."""
     parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     c = sum(p.shape[-1] for p in parts)
     if c % self.num_groups:
