@@ -280,3 +280,20 @@ def test_learning_rate_schedule_warms_up_then_holds_or_follows_the_cosine():
                              [5e-4, 1e-3, expected(25), expected(50), 1e-4, 1e-4], rtol=1e-5)
   with pytest.raises(JaxgenError, match='optim.decay_steps=10 must exceed optim.warmup_steps=10'):
     learning_rate_schedule(OptimConfig(lr=1e-3, warmup_steps=10, decay_steps=10))
+
+
+def test_fused_global_norm_and_clipping_match_optax():
+  import optax
+  from jaxgen.train.state import clip_by_global_norm, global_norm
+  tree = {'a': jax.random.normal(jax.random.PRNGKey(0), (7, 5)),
+          'b': {'c': jax.random.normal(jax.random.PRNGKey(1), (13,)), 'd': jnp.float32(3.0)}}
+  np.testing.assert_allclose(global_norm(tree, fused=True), optax.tree.norm(tree), rtol=1e-6)
+  assert global_norm(tree) == optax.tree.norm(tree)
+  norm = float(optax.tree.norm(tree))
+  for max_norm in (norm / 3, 2 * norm):  # clipped, and left alone
+    ours, theirs = clip_by_global_norm(max_norm, fused=True), optax.clip_by_global_norm(max_norm)
+    assert jax.tree.structure(ours.init(tree)) == jax.tree.structure(theirs.init(tree))
+    got, _ = jax.jit(ours.update)(tree, ours.init(tree))
+    want, _ = theirs.update(tree, theirs.init(tree))
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(x, y, rtol=1e-6)

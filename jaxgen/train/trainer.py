@@ -97,9 +97,12 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   if hasattr(model, 'train_fns'):  # a family with its own step (a GAN: two players, two optimizers)
     create_state, step_fn = model.train_fns(train_cfg.ema_decay, skip)
   else:
-    optimizer = make_optimizer(config_lib.section(config, 'optim', OptimConfig))
+    # Without FSDP the gradients are not sharded: their norm can be one reduction.
+    fused = train_cfg.fsdp == 1
+    optimizer = make_optimizer(config_lib.section(config, 'optim', OptimConfig), fused_norm=fused)
     create_state = functools.partial(create_train_state, optimizer=optimizer)
-    step_fn = make_train_step(model.loss, optimizer, train_cfg.ema_decay, skip_nonfinite=skip)
+    step_fn = make_train_step(model.loss, optimizer, train_cfg.ema_decay, skip_nonfinite=skip,
+                              fused_norm=fused)
   mesh = mesh or mesh_lib.make_mesh(fsdp=train_cfg.fsdp)
   mesh_lib.check_batch_size(train_cfg.batch_size, mesh)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
