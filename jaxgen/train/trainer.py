@@ -94,16 +94,16 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   if train_cfg.nonfinite not in ('stop', 'skip'):
     raise JaxgenError(f'train.nonfinite={train_cfg.nonfinite!r} must be stop or skip.')
   skip = train_cfg.nonfinite == 'skip'
+  mesh = mesh or mesh_lib.make_mesh(fsdp=train_cfg.fsdp)
   if hasattr(model, 'train_fns'):  # a family with its own step (a GAN: two players, two optimizers)
     create_state, step_fn = model.train_fns(train_cfg.ema_decay, skip)
   else:
-    # Without FSDP the gradients are not sharded: their norm can be one reduction.
-    fused = train_cfg.fsdp == 1
+    # Without an 'fsdp' axis the gradients are not sharded: their norm can be one reduction.
+    fused = dict(mesh.shape).get('fsdp', 1) == 1
     optimizer = make_optimizer(config_lib.section(config, 'optim', OptimConfig), fused_norm=fused)
     create_state = functools.partial(create_train_state, optimizer=optimizer)
     step_fn = make_train_step(model.loss, optimizer, train_cfg.ema_decay, skip_nonfinite=skip,
                               fused_norm=fused)
-  mesh = mesh or mesh_lib.make_mesh(fsdp=train_cfg.fsdp)
   mesh_lib.check_batch_size(train_cfg.batch_size, mesh)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
 
