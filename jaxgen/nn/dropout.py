@@ -4,16 +4,16 @@
 for every element, written to device memory, compared, and the mask kept for
 the backward pass. On a GPU those are memory passes of their own (about 1 ms
 of a 57 ms DDPM CIFAR-10 training step at batch 512 on an H200, with XLA's
-Philox bits; benchmarks/results/h200_speed.md). Here bit i of the mask is a
-function of i and a 64-bit per-call seed, two rounds of an integer hash
+Philox bits; benchmarks/results/h200_speed.md). Here element i is kept or
+dropped by a function of i and a 64-bit per-call seed, two rounds of an integer hash
 (Wellons' "lowbias32" finaliser, keyed): a handful of integer operations
 that XLA fuses into the pass that produces the activation and recomputes in
 the backward pass, so no bits and no mask are ever written.
 
 The same Bernoulli(1 - rate) keep mask and 1 / (1 - rate) scaling as
 `flax.linen.Dropout` (keep probability exact to 2**-32); a different stream
-of masks for the same key. The mask depends on the global element index
-only, so a sharded array gets the same mask whatever the mesh.
+of masks for the same key. The mask depends on the seed and the global
+element index only, so a sharded array gets the same mask whatever the mesh.
 """
 
 import flax.linen as nn
