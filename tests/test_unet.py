@@ -83,6 +83,46 @@ def test_upsample_is_nearest_neighbour_resize():
   np.testing.assert_array_equal(upsample_nearest_2x(x)[:, 1::2, ::2], x)
 
 
+def test_upsample_conv_is_a_convolution_of_the_nearest_upsampling():
+  # Values and both gradients of the transposed form against the 3x3 convolution of the
+  # up-sampled input; odd sizes and I != O, so a mixed-up axis or boundary would show.
+  from jaxgen.nn.blocks import upsample_nearest_2x, upsample_nearest_conv
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 3))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), (2, 10, 14, 4))
+
+  def ref(x, kernel):
+    return jax.lax.conv_general_dilated(upsample_nearest_2x(x), kernel, (1, 1), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  want, want_vjp = jax.vjp(ref, x, kernel)
+  got, got_vjp = jax.vjp(upsample_nearest_conv, x, kernel)
+  assert got.shape == (2, 10, 14, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for g, w in zip(got_vjp(cotangent), want_vjp(cotangent)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+  half = upsample_nearest_conv(x.astype(jnp.bfloat16), kernel)
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(half.astype(jnp.float32), want, rtol=0.05, atol=0.1)
+
+
+def test_upsample_keeps_the_parameters_of_a_conv_after_the_upsampling():
+  import flax.linen as nn
+  from jaxgen.nn.blocks import Upsample, default_init, upsample_nearest_2x
+
+  class Before(nn.Module):  # the module as it was written first
+    @nn.compact
+    def __call__(self, x):
+      return nn.Conv(x.shape[-1], (3, 3), kernel_init=default_init)(upsample_nearest_2x(x))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 6))
+  params = Before().init(jax.random.PRNGKey(1), x)
+  ours = Upsample().init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(np.shape, ours) == jax.tree.map(np.shape, params)
+  jax.tree.map(np.testing.assert_array_equal, ours, params)
+  params = jax.tree.map(lambda a: a + 0.1, params)  # a bias that is not zero
+  np.testing.assert_allclose(Upsample().apply(params, x), Before().apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_attention_block_is_single_head_softmax_attention():
   from jaxgen.nn.blocks import AttnBlock
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 32))

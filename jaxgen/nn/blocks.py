@@ -214,11 +214,53 @@ def upsample_nearest_2x(x: jax.Array) -> jax.Array:
   return x.reshape(b, 2 * h, 2 * w, c)
 
 
-class Upsample(nn.Module):
-  """Doubles H and W: nearest-neighbour then a 3x3 convolution. [B, H, W, C] -> [B, 2H, 2W, C]."""
+def _up_taps(w: jax.Array, axis: int) -> jax.Array:
+  """The 4 taps along `axis` of `upsample_nearest_conv`'s kernel from a 3x3 kernel's 3, in
+  reverse order: output row 2i reads input rows i-1 (3x3 row 0) and i (rows 1 + 2), output
+  row 2i+1 reads rows i (rows 0 + 1) and i+1 (row 2); reversed: [2, 1+2, 0+1, 0]."""
+  t = [jax.lax.index_in_dim(w, i, axis) for i in range(3)]
+  return jnp.concatenate([t[2], t[1] + t[2], t[0] + t[1], t[0]], axis=axis)
+
+
+def upsample_nearest_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`conv_3x3_same(upsample_nearest_2x(x), kernel)` without forming the up-sampled input.
+
+  x: [B, H, W, I]; kernel: [3, 3, I, O] (HWIO). Returns [B, 2H, 2W, O] in x's dtype.
+  One stride-2 transposed convolution (cuDNN's backward-data kernel on a GPU) with
+  a 4x4 kernel of sums of `kernel`'s taps: it reads the H x W input instead of a
+  written 2H x 2W copy, and does 16 instead of 36 multiply-adds per input pixel
+  and channel pair. The same values up to the rounding of the summed taps.
+  """
+  flipped = _up_taps(_up_taps(kernel.astype(jnp.float32), 0), 1)  # [4, 4, I, O], both axes reversed
+  # Reversed back in the program: XLA's GPU compiler takes a convolution of a dilated input
+  # with a reversed kernel for a transposed convolution (otherwise it pads the dilated input).
+  return jax.lax.conv_general_dilated(
+      x, jax.lax.rev(flipped.astype(x.dtype), (0, 1)), window_strides=(1, 1),
+      padding=((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class UpsampleConv(nn.Module):
+  """`nn.Conv(features, (3, 3))` applied to the nearest 2x up-sampling of its input, with
+  that layer's parameters (kernel [3, 3, C, features], bias): [B, H, W, C] -> [B, 2H, 2W, features].
+  """
+  features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = upsample_nearest_2x(x)
-    return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, kernel_init=default_init)(x)
+    # Cast before the taps are summed, so parameters cast in advance (`cast_matmul_params`)
+    # give the same bits.
+    kernel = self.param('kernel', default_init, (3, 3, x.shape[-1], self.features),
+                        jnp.float32).astype(self.dtype)
+    bias = self.param('bias', zeros_init, (self.features,), jnp.float32).astype(self.dtype)
+    return upsample_nearest_conv(x.astype(self.dtype), kernel) + bias
+
+
+class Upsample(nn.Module):
+  """Doubles H and W: nearest-neighbour then a 3x3 convolution, computed as one transposed
+  convolution (`upsample_nearest_conv`). [B, H, W, C] -> [B, 2H, 2W, C]."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return UpsampleConv(x.shape[-1], self.dtype, name='Conv_0')(x)
