@@ -105,6 +105,15 @@ def test_upsample_conv_is_a_convolution_of_the_nearest_upsampling():
   np.testing.assert_allclose(half.astype(jnp.float32), want, rtol=0.05, atol=0.1)
 
 
+def test_upsample_conv_is_transposed_on_gpus_only():
+  from jaxgen.nn.blocks import upsample_conv
+  x = jax.ShapeDtypeStruct((1, 4, 4, 2), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((3, 3, 2, 2), jnp.float32)
+  for platform, transposed in [('cuda', True), ('cpu', False), ('tpu', False)]:
+    text = jax.jit(upsample_conv).trace(x, kernel).lower(lowering_platforms=(platform,)).as_text()
+    assert ('lhs_dilate = [2, 2]' in text) == transposed, platform
+
+
 def test_upsample_keeps_the_parameters_of_a_conv_after_the_upsampling():
   import flax.linen as nn
   from jaxgen.nn.blocks import Upsample, default_init, upsample_nearest_2x
