@@ -128,8 +128,10 @@ def test_upsample_keeps_the_parameters_of_a_conv_after_the_upsampling():
   assert jax.tree.map(np.shape, ours) == jax.tree.map(np.shape, params)
   jax.tree.map(np.testing.assert_array_equal, ours, params)
   params = jax.tree.map(lambda a: a + 0.1, params)  # a bias that is not zero
-  np.testing.assert_allclose(Upsample().apply(params, x), Before().apply(params, x),
-                             rtol=1e-5, atol=1e-5)
+  want = Before().apply(params, x)
+  np.testing.assert_allclose(Upsample().apply(params, x), want, rtol=1e-5, atol=1e-5)
+  y, bias = Upsample(bias_apart=True).apply(params, x)
+  np.testing.assert_allclose(y + bias, want, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_block_is_single_head_softmax_attention():
@@ -219,14 +221,19 @@ def test_group_norm_of_parts_is_the_norm_of_their_concatenation():
   params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(4), p.shape),
                         norm.init(jax.random.PRNGKey(5), jnp.concatenate([a, b], -1)))
 
-  def loss(p, a, b, shift, split):
+  def loss(p, a, b, shift, split, concat=True):
     x = (a, b) if split else jnp.concatenate([a, b], -1)
-    return jnp.sum(norm.apply(p, x, shift) * w)
+    out = norm.apply(p, x, shift, concat=concat)
+    return jnp.sum((out if concat else jnp.concatenate(out, -1)) * w)
   want, want_g = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(params, a, b, shift, False)
-  got, got_g = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(params, a, b, shift, True)
-  np.testing.assert_allclose(got, want, rtol=1e-6)
-  for x, y in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  # The parts' normalisations given apart (concat=False): the same values and gradients.
+  for concat in (True, False):
+    got, got_g = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(params, a, b, shift, True, concat)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  apart = norm.apply(params, (a, b), shift, concat=False)
+  assert [o.shape for o in apart] == [a.shape, b.shape]
   with pytest.raises(ValueError, match='agree in all but their channels'):
     norm.apply(params, (a, b[:, :2]))
 
@@ -270,6 +277,66 @@ def test_parts_dense_is_dense_on_the_concatenation():
   want = dense.apply(params, jnp.concatenate([a, b], -1))
   np.testing.assert_allclose(parts.apply(params, (a, b)), want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(parts.apply(params, (jnp.concatenate([a, b], -1),)), want, rtol=1e-6)
+  shift = jax.random.normal(jax.random.PRNGKey(3), (32,))  # folded into the bias
+  np.testing.assert_allclose(parts.apply(params, (a, b), shift=shift),
+                             dense.apply(params, jnp.concatenate([a, b], -1) + shift),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_res_block_split_conv_and_in_shift_are_the_block_of_the_shifted_concatenation():
+  """ResBlock((a, b), in_shift=s) with its first convolution split over the parts is the
+  block of concat(a, b) + s: values and the gradients of the parameters, parts and shift,
+  with a skip projection (48 + 16 -> 32 channels) and without one (48 + 16 -> 64)."""
+  from jaxgen.nn.blocks import ResBlock
+  a = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 48))
+  b = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 16))
+  emb = jax.random.normal(jax.random.PRNGKey(2), (2, 16))
+  in_shift = jax.random.normal(jax.random.PRNGKey(3), (64,))
+  for out_ch in (32, 64):
+    ref, ours = ResBlock(out_ch), ResBlock(out_ch, split_conv=True)
+    params = ref.init(jax.random.PRNGKey(4), jnp.concatenate([a, b], -1), emb, False)
+    assert jax.tree.structure(ours.init(jax.random.PRNGKey(4), (a, b), emb, False,
+                                        in_shift)) == jax.tree.structure(params)
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(5), p.shape),
+                          params)
+    w = jax.random.normal(jax.random.PRNGKey(6), (2, 4, 4, out_ch))
+
+    def loss(p, a, b, s, block, split):
+      x = (a, b) if split else jnp.concatenate([a, b], -1) + s
+      out = block.apply(p, x, emb, False, s if split else None)
+      return jnp.sum(out * w)
+    args = (params, a, b, in_shift)
+    grad = lambda block, split: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda *args: loss(*args, block, split), argnums=(0, 1, 2, 3)))
+    want, want_g = grad(ref, False)(*args)
+    got, got_g = grad(ours, True)(*args)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match=r'in_shift must have shape \(64,\)'):
+    ours.apply(params, (a, b), emb, False, in_shift[:8])
+
+
+def test_split_skip_with_up_sampling_computes_the_same_function():
+  """Two levels: the up-sampling's bias is added inside the next block and that block, which
+  narrows 64 + 32 channels to 32, splits its first convolution; against the concatenating
+  UNet (split_skip=False) with the same parameters."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  t = jnp.array([3, 500])
+  cfg = {**TINY.__dict__, 'dropout': 0.0}
+  unet = UNet(UNetConfig(**cfg))
+  params = jax.jit(unet.init)(jax.random.PRNGKey(1), x, t)['params']
+  params = jax.jit(lambda ps: jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3), p.shape), ps))(params)
+  results = []
+  for split in (True, False):
+    net = UNet(UNetConfig(**{**cfg, 'split_skip': split}))
+    results.append(jax.jit(jax.value_and_grad(
+        lambda p, net=net: jnp.sum(net.apply({'params': p}, x, t) ** 2)))(params))
+  (value, grads), (want, want_grads) = results
+  np.testing.assert_allclose(value, want, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_split_skips_and_remat_compute_the_same_function():

@@ -161,9 +161,10 @@ class UNet(nn.Module):
 
     n_res = itertools.count()
 
-    def res(h, out_ch):  # h: [B, H, W, C] or a tuple of them to concatenate
+    def res(h, out_ch, split_conv=False, in_shift=None):  # h: [B, H, W, C] or a tuple of them
       # Named as Flax names a plain ResBlock, so remat leaves the parameter tree unchanged.
-      return block(out_ch, cfg.dropout, dtype, name=f'ResBlock_{next(n_res)}')(h, emb, train)
+      return block(out_ch, cfg.dropout, dtype, split_conv,
+                   name=f'ResBlock_{next(n_res)}')(h, emb, train, in_shift)
 
     def attn(h):
       if context is None:
@@ -186,14 +187,27 @@ class UNet(nn.Module):
     h = attn(h)
     h = res(h, h.shape[-1])
 
+    up_bias = None  # [C]: the bias of the up-sampling before, not yet added to h
     for level, mult in reversed(list(enumerate(cfg.ch_mult))):
       for _ in range(cfg.num_res_blocks + 1):
         skip = hs.pop()
-        h = res((h, skip) if cfg.split_skip else jnp.concatenate([h, skip], axis=-1), ch * mult)
+        if cfg.split_skip:
+          # The up-sampling's bias is added inside the block; where the block narrows the
+          # channels, the up-sampled input is the widest activation alive, so its first
+          # convolution is split over the parts (ResBlock.split_conv) to free it sooner.
+          in_shift = None if up_bias is None else jnp.concatenate(
+              [up_bias, jnp.zeros((skip.shape[-1],), up_bias.dtype)])  # [C_h + C_skip]
+          h = res((h, skip), ch * mult, split_conv=h.shape[-1] > ch * mult, in_shift=in_shift)
+          up_bias = None
+        else:
+          h = res(jnp.concatenate([h, skip], axis=-1), ch * mult)
         if h.shape[1] in cfg.attn_resolutions:
           h = attn(h)
       if level != 0:
-        h = Upsample(dtype)(h)
+        if cfg.split_skip:
+          h, up_bias = Upsample(dtype, bias_apart=True)(h)
+        else:
+          h = Upsample(dtype)(h)
     assert not hs
 
     h = group_norm(dtype, silu=True)(h)

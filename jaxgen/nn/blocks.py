@@ -62,15 +62,19 @@ class PartsDense(nn.Module):
   so a checkpoint does not depend on how the input arrives. The concatenation
   itself is never formed: a matrix product needs its operand in memory, and
   a concatenated UNet skip input is the largest activation of the network.
+  An optional `shift` [sum C_i], the same for every row, is added to the input
+  first; it is folded into the bias (shift @ kernel), so no shifted copy is formed.
   """
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, parts: Sequence[jax.Array]) -> jax.Array:
+  def __call__(self, parts: Sequence[jax.Array], shift: jax.Array | None = None) -> jax.Array:
     c_in = sum(p.shape[-1] for p in parts)
     kernel = self.param('kernel', default_init, (c_in, self.features), jnp.float32).astype(self.dtype)
     bias = self.param('bias', zeros_init, (self.features,), jnp.float32).astype(self.dtype)
+    if shift is not None:
+      bias = bias + jnp.dot(shift.astype(self.dtype), kernel)  # [features]
     out, start = None, 0
     for part in parts:
       c = part.shape[-1]
@@ -96,12 +100,18 @@ class ConvBiasApart(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    shape = (*self.kernel_size, x.shape[-1], self.features)
+  def __call__(self, x: jax.Array | Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """x: [B, H, W, C], or parts [B, H, W, C_i] whose channel concatenation is the input."""
+    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    shape = (*self.kernel_size, sum(p.shape[-1] for p in parts), self.features)
     kernel = self.param('kernel', default_init, shape, jnp.float32).astype(self.dtype)
     bias = self.param('bias', zeros_init, (self.features,), jnp.float32).astype(self.dtype)
-    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (1, 1), 'SAME',
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y, start = None, 0
+    for part in parts:  # one convolution per part, each added to the last one's output
+      c = part.shape[-1]
+      out = jax.lax.conv_general_dilated(part.astype(self.dtype), kernel[:, :, start:start + c],
+                                         (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y, start = out if y is None else y + out, start + c
     return y, bias
 
 
@@ -111,7 +121,17 @@ class ResBlock(nn.Module):
   Inputs x: [B, H, W, C], or a tuple of [B, H, W, C_i] whose channel
   concatenation is the input (a UNet's up-path input and its skip
   connection: the concatenation then only ever exists inside the fused
-  normalisation kernels); emb: [B, E]. Output: [B, H, W, out_ch].
+  normalisation kernels); emb: [B, E]; in_shift: None or [C], added to the
+  input at every example and position (an up-sampling convolution's bias):
+  the block folds it into its first norm and its skip projection instead of
+  writing a shifted input. Output: [B, H, W, out_ch].
+
+  `split_conv`: normalise the parts apart and give the first convolution one
+  product per part (the second adds the first's output), so the normalised
+  concatenation is never written and a part is free once it is normalised and
+  projected. It costs one more write and read of the block's first convolution
+  output; where the up-path part is the widest activation alive (a UNet block
+  that narrows the channels after an up-sampling) it lowers the peak memory.
 
   The outputs of its two convolutions are named CONV_OUTPUT
   (`jax.ad_checkpoint.checkpoint_name`), so that a remat policy can keep them
@@ -120,12 +140,20 @@ class ResBlock(nn.Module):
   out_ch: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  split_conv: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array | Sequence[jax.Array], emb: jax.Array,
-               train: bool) -> jax.Array:
+               train: bool, in_shift: jax.Array | None = None) -> jax.Array:
     parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    h = group_norm(self.dtype, silu=True)(parts)  # [B, H, W, C]: the parts' concatenation
+    c_in = sum(p.shape[-1] for p in parts)
+    if in_shift is not None and in_shift.shape != (c_in,):
+      raise ValueError(f'in_shift must have shape {(c_in,)} ([channels]), got {in_shift.shape}.')
+    b = parts[0].shape[0]
+    norm_shift = None if in_shift is None else jnp.broadcast_to(
+        in_shift.astype(jnp.float32), (b, c_in))  # [B, C]
+    # [B, H, W, C]: the parts' concatenation, or with split_conv each part's normalisation
+    h = group_norm(self.dtype, silu=True)(parts, shift=norm_shift, concat=not self.split_conv)
     h, conv_bias = ConvBiasApart(self.out_ch, dtype=self.dtype, name='Conv_0')(h)
     h = checkpoint_name(h, CONV_OUTPUT)
     # The embedding and the convolution's bias are added inside the norm (GroupNorm(h + shift)),
@@ -137,10 +165,12 @@ class ResBlock(nn.Module):
     h = Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=zeros_init, name='Conv_1')(h)
     h = checkpoint_name(h, CONV_OUTPUT)
-    if sum(p.shape[-1] for p in parts) != self.out_ch:
-      x = PartsDense(self.out_ch, self.dtype, name='skip')(parts)
+    if c_in != self.out_ch:
+      x = PartsDense(self.out_ch, self.dtype, name='skip')(parts, shift=in_shift)
     else:
       x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)  # [B, H, W, C]
+      if in_shift is not None:
+        x = x + in_shift.astype(x.dtype)
     return x + h
 
 
@@ -256,26 +286,35 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 class UpsampleConv(nn.Module):
   """`nn.Conv(features, (3, 3))` applied to the nearest 2x up-sampling of its input, with
-  that layer's parameters (kernel [3, 3, C, features], bias): [B, H, W, C] -> [B, 2H, 2W, features].
+  that layer's parameters (kernel [3, 3, C, features], bias), the bias returned apart:
+  x [B, H, W, C] -> ([B, 2H, 2W, features], [features]), both in the compute dtype.
   """
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     # Cast before the taps are summed, so parameters cast in advance (`cast_matmul_params`)
     # give the same bits.
     kernel = self.param('kernel', default_init, (3, 3, x.shape[-1], self.features),
                         jnp.float32).astype(self.dtype)
     bias = self.param('bias', zeros_init, (self.features,), jnp.float32).astype(self.dtype)
-    return upsample_conv(x.astype(self.dtype), kernel) + bias
+    return upsample_conv(x.astype(self.dtype), kernel), bias
 
 
 class Upsample(nn.Module):
   """Doubles H and W: nearest-neighbour then a 3x3 convolution (on a GPU as one transposed
-  convolution: `upsample_conv`). [B, H, W, C] -> [B, 2H, 2W, C]."""
+  convolution: `upsample_conv`). [B, H, W, C] -> [B, 2H, 2W, C].
+
+  With `bias_apart`, returns the convolution without its bias and the bias [C],
+  for the next block to add where it costs nothing (`ResBlock(in_shift=...)`):
+  cuDNN adds no bias to a transposed convolution, so XLA writes a biased copy of
+  the largest activation of a UNet's last level.
+  """
   dtype: Dtype = jnp.float32
+  bias_apart: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return UpsampleConv(x.shape[-1], self.dtype, name='Conv_0')(x)
+  def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+    y, bias = UpsampleConv(x.shape[-1], self.dtype, name='Conv_0')(x)
+    return (y, bias) if self.bias_apart else y + bias

@@ -80,7 +80,7 @@ def _inputs(parts: Parts, shift: jax.Array | None) -> list[jax.Array]:
   return [x + shift[:, None, lo:hi].astype(jnp.float32) for x, (lo, hi) in zip(xs, _bounds(parts))]
 
 
-def _forward(parts, shift, scale, bias, groups, eps, silu, dtype):
+def _forward(parts, shift, scale, bias, groups, eps, silu, dtype, concat):
   xs = _inputs(parts, shift)  # each [B, N, C_i]
   n, c = xs[0].shape[1], scale.shape[0]
   count = n * (c // groups)  # elements per group
@@ -94,42 +94,52 @@ def _forward(parts, shift, scale, bias, groups, eps, silu, dtype):
   for x, (lo, hi) in zip(xs, _bounds(parts)):
     y = (x - mean_c[..., lo:hi]) * rstd_c[..., lo:hi] * scale[lo:hi] + bias[lo:hi]  # [B, N, C_i]
     ys.append(jax.nn.silu(y) if silu else y)
+  stats = (sum_x, mean, rstd)
+  if not concat:  # each part's normalisation, [B, ..., C_i]
+    return tuple(y.astype(dtype).reshape(p.shape) for y, p in zip(ys, parts)), stats
   out = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)  # [B, N, C]
-  return out.astype(dtype).reshape(*parts[0].shape[:-1], c), (sum_x, mean, rstd)
+  return out.astype(dtype).reshape(*parts[0].shape[:-1], c), stats
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
 def group_norm(parts: Parts, shift: jax.Array | None, scale: jax.Array, bias: jax.Array,
-               groups: int, eps: float, silu: bool, dtype: Dtype) -> jax.Array:
+               groups: int, eps: float, silu: bool, dtype: Dtype,
+               concat: bool = True) -> jax.Array | Parts:
   """GroupNorm of x + shift over groups of C/groups channels and all positions.
 
   parts: the input x [B, ..., C] as a tuple of arrays [B, ..., C_i] whose
   channel concatenation it is (one array: a 1-tuple); shift: [B, C] added at
   every position, or None; scale, bias: float32 [C]; silu: apply SiLU to the
-  result. Returns `dtype` [B, ..., C].
+  result. Returns `dtype` [B, ..., C], or with `concat=False` the normalised
+  parts, each [B, ..., C_i].
   """
-  return _forward(parts, shift, scale, bias, groups, eps, silu, dtype)[0]
+  return _forward(parts, shift, scale, bias, groups, eps, silu, dtype, concat)[0]
 
 
-def _group_norm_fwd(parts, shift, scale, bias, groups, eps, silu, dtype):
-  out, (sum_x, mean, rstd) = _forward(parts, shift, scale, bias, groups, eps, silu, dtype)
+def _group_norm_fwd(parts, shift, scale, bias, groups, eps, silu, dtype, concat):
+  out, (sum_x, mean, rstd) = _forward(parts, shift, scale, bias, groups, eps, silu, dtype, concat)
   return out, (parts, shift, scale, bias, None if shift is None else sum_x, mean, rstd)
 
 
-def _group_norm_bwd(groups, eps, silu, dtype, res, d_out):
+def _group_norm_bwd(groups, eps, silu, dtype, concat, res, d_out):
   del eps, dtype
   parts, shift, scale, bias, sum_x, mean, rstd = res
   xs = _inputs(parts, shift)  # each [B, N, C_i]
   n, c = xs[0].shape[1], scale.shape[0]
   count = n * (c // groups)
   mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)  # [B, 1, C]
-  d_all = d_out.reshape(d_out.shape[0], n, c)  # dL/d(output), [B, N, C]
+  if concat:
+    d_all = d_out.reshape(d_out.shape[0], n, c)  # dL/d(output), [B, N, C]
+    d_of = lambda lo, hi: d_all[..., lo:hi]  # noqa: E731
+  else:  # one [B, ..., C_i] per part
+    d_by_start = {lo: d.reshape(d.shape[0], n, d.shape[-1]) for (lo, _), d in zip(_bounds(parts), d_out)}
+    d_of = lambda lo, hi: d_by_start[lo]  # noqa: E731
 
   def grads(i: int, sigmoid) -> tuple[jax.Array, jax.Array]:
     """(xhat, dL/dy) of part i [B, N, C_i], with `sigmoid` for the SiLU's derivative."""
     lo, hi = _bounds(parts)[i]
     xhat = (xs[i] - mean_c[..., lo:hi]) * rstd_c[..., lo:hi]  # [B, N, C_i]
-    d = d_all[..., lo:hi].astype(jnp.float32)
+    d = d_of(lo, hi).astype(jnp.float32)
     if silu:  # through SiLU: d/dy [y sigmoid(y)] = s (1 + y (1 - s))
       y = xhat * scale[lo:hi] + bias[lo:hi]
       s = sigmoid(y)
@@ -183,9 +193,13 @@ class GroupNorm(nn.Module):
   silu: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array | Sequence[jax.Array],
-               shift: jax.Array | None = None) -> jax.Array:
-    """x: [B, ..., C] or parts [B, ..., C_i]; shift: [B, C] added at every position, or None."""
+  def __call__(self, x: jax.Array | Sequence[jax.Array], shift: jax.Array | None = None,
+               concat: bool = True) -> jax.Array | Parts:
+    """x: [B, ..., C] or parts [B, ..., C_i]; shift: [B, C] added at every position, or None.
+
+    Returns [B, ..., C], or with `concat=False` the parts' normalisations (each
+    [B, ..., C_i]) without writing their concatenation.
+    """
     parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     c = sum(p.shape[-1] for p in parts)
     if c % self.num_groups:
@@ -199,4 +213,4 @@ class GroupNorm(nn.Module):
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     return group_norm(parts, shift, scale, bias, self.num_groups, self.epsilon, self.silu,
-                      jnp.dtype(self.dtype))
+                      jnp.dtype(self.dtype), concat)
