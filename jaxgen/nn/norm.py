@@ -62,9 +62,14 @@ def _flat(x: jax.Array) -> jax.Array:
 
 
 def _per_group(per_channel: jax.Array, groups: int) -> jax.Array:
-  """[B, C] -> [B, G]: sums over each group's C/G channels."""
-  b, c = per_channel.shape
-  return jnp.sum(per_channel.reshape(b, groups, c // groups), axis=-1)
+  """[..., C] -> [..., G]: sums over each group's C/G channels.
+
+  Callers stack the sums they need ([2, B, C]) so that one small reduction forms
+  both: XLA's GPU compiler gives each reduction its own kernel, and at small
+  batches a norm's handful of tiny kernels costs more than its passes over the data.
+  """
+  c = per_channel.shape[-1]
+  return jnp.sum(per_channel.reshape(*per_channel.shape[:-1], groups, c // groups), axis=-1)
 
 
 def _per_channel(per_group: jax.Array, channels: int) -> jax.Array:
@@ -86,8 +91,8 @@ def _forward(parts, shift, scale, bias, groups, eps, silu, dtype, concat):
   count = n * (c // groups)  # elements per group
   sum_x = jnp.concatenate([jnp.sum(x, axis=1) for x in xs], axis=-1)  # [B, C]
   sum_x2 = jnp.concatenate([jnp.sum(jnp.square(x), axis=1) for x in xs], axis=-1)  # [B, C]
-  mean = _per_group(sum_x, groups) / count  # [B, G]
-  var = jnp.maximum(_per_group(sum_x2, groups) / count - jnp.square(mean), 0.0)
+  mean, mean_x2 = _per_group(jnp.stack([sum_x, sum_x2]), groups) / count  # each [B, G]
+  var = jnp.maximum(mean_x2 - jnp.square(mean), 0.0)
   rstd = jax.lax.rsqrt(var + eps)  # [B, G]
   mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)  # [B, 1, C]
   ys = []
@@ -159,8 +164,8 @@ def _group_norm_bwd(groups, eps, silu, dtype, concat, res, d_out):
     sum_dx.append(jnp.sum(d * xhat, axis=1))
   sum_d, sum_dx = jnp.concatenate(sum_d, axis=-1), jnp.concatenate(sum_dx, axis=-1)  # [B, C]
   d_bias, d_scale = jnp.sum(sum_d, axis=0), jnp.sum(sum_dx, axis=0)
-  mean_g = _per_channel(_per_group(sum_d * scale, groups) / count, c)  # [B, 1, C]
-  mean_gx = _per_channel(_per_group(sum_dx * scale, groups) / count, c)
+  group_d, group_dx = _per_group(jnp.stack([sum_d, sum_dx]) * scale, groups) / count  # [B, G]
+  mean_g, mean_gx = _per_channel(group_d, c), _per_channel(group_dx, c)  # [B, 1, C]
   d_parts = []
   for i, (p, (lo, hi)) in enumerate(zip(parts, _bounds(parts))):
     xhat, d = grads(i, lambda y: 0.5 * jnp.tanh(0.5 * y) + 0.5)  # = sigmoid(y)
