@@ -319,8 +319,8 @@ def test_res_block_split_conv_and_in_shift_are_the_block_of_the_shifted_concaten
 
 def test_split_skip_with_up_sampling_computes_the_same_function():
   """Two levels: the up-sampling's bias is added inside the next block and that block, which
-  narrows 64 + 32 channels to 32, splits its first convolution; against the concatenating
-  UNet (split_skip=False) with the same parameters."""
+  narrows 64 + 32 channels to 32, splits its first convolution (also under remat); against
+  the concatenating UNet (split_skip=False) with the same parameters."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
   t = jnp.array([3, 500])
   cfg = {**TINY.__dict__, 'dropout': 0.0}
@@ -329,14 +329,15 @@ def test_split_skip_with_up_sampling_computes_the_same_function():
   params = jax.jit(lambda ps: jax.tree.map(
       lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3), p.shape), ps))(params)
   results = []
-  for split in (True, False):
-    net = UNet(UNetConfig(**{**cfg, 'split_skip': split}))
+  for options in ({'split_skip': False}, {}, {'remat': True}):
+    net = UNet(UNetConfig(**{**cfg, **options}))
     results.append(jax.jit(jax.value_and_grad(
         lambda p, net=net: jnp.sum(net.apply({'params': p}, x, t) ** 2)))(params))
-  (value, grads), (want, want_grads) = results
-  np.testing.assert_allclose(value, want, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+  (want, want_grads), others = results[0], results[1:]
+  for value, grads in others:
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_split_skips_and_remat_compute_the_same_function():
