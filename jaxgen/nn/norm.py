@@ -33,7 +33,9 @@ concatenation, written once, and the backward pass writes each part's
 gradient directly, where differentiating a `jnp.concatenate` in front of the
 norm writes the whole input gradient and then copies it out part by part (6.4
 GB per training step of the CIFAR-10 UNet at batch 512). A group may straddle
-two parts: statistics are formed from per-channel sums, then grouped.
+two parts: statistics are formed from per-channel sums, then grouped. With
+`concat=False` each part's normalisation comes out apart, for a convolution
+split over the parts (`nn.blocks.ResBlock.split_conv`).
 """
 
 import functools
@@ -133,18 +135,15 @@ def _group_norm_bwd(groups, eps, silu, dtype, concat, res, d_out):
   n, c = xs[0].shape[1], scale.shape[0]
   count = n * (c // groups)
   mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)  # [B, 1, C]
-  if concat:
-    d_all = d_out.reshape(d_out.shape[0], n, c)  # dL/d(output), [B, N, C]
-    d_of = lambda lo, hi: d_all[..., lo:hi]  # noqa: E731
-  else:  # one [B, ..., C_i] per part
-    d_by_start = {lo: d.reshape(d.shape[0], n, d.shape[-1]) for (lo, _), d in zip(_bounds(parts), d_out)}
-    d_of = lambda lo, hi: d_by_start[lo]  # noqa: E731
+  # dL/d(output): [B, ..., C], or with concat=False one [B, ..., C_i] per part
+  d_all = d_out.reshape(d_out.shape[0], n, c) if concat else None  # [B, N, C]
 
   def grads(i: int, sigmoid) -> tuple[jax.Array, jax.Array]:
     """(xhat, dL/dy) of part i [B, N, C_i], with `sigmoid` for the SiLU's derivative."""
     lo, hi = _bounds(parts)[i]
     xhat = (xs[i] - mean_c[..., lo:hi]) * rstd_c[..., lo:hi]  # [B, N, C_i]
-    d = d_of(lo, hi).astype(jnp.float32)
+    d = d_all[..., lo:hi] if concat else d_out[i].reshape(xhat.shape)
+    d = d.astype(jnp.float32)
     if silu:  # through SiLU: d/dy [y sigmoid(y)] = s (1 + y (1 - s))
       y = xhat * scale[lo:hi] + bias[lo:hi]
       s = sigmoid(y)
