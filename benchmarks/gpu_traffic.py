@@ -10,10 +10,13 @@ JAX's deviceless compilation, then reads the optimised program: every kernel
 it launches per step (fusions, cuDNN convolutions and attention, cuBLAS
 matmuls, copies) with the bytes of its operands and results, and the bytes of
 the program's temporary buffers (XLA's memory analysis: what its schedule keeps
-live beside parameters and inputs). Memory-bound kernels take about bytes /
-bandwidth, so the total bytes and the kernel count predict how a change moves
-the step time before a GPU is at hand, and the temporaries how it moves peak
-memory; the device (`benchmarks.compare --preset h200`) decides.
+live beside parameters and inputs), and the step's FLOPs (XLA's count of the
+program as lowered for the GPU, so of the GPU's formulation of each layer;
+cuDNN's attention is a custom call and not counted). Memory-bound kernels take
+about bytes / bandwidth, so the total bytes, the kernel count and the FLOPs
+predict how a change moves the step time before a GPU is at hand, and the
+temporaries how it moves peak memory; the device (`benchmarks.compare --preset
+h200`) decides.
 
 What differs from a compile on the device: no autotuning, so matmuls are
 pinned to cuBLAS (`--xla_gpu_enable_triton_gemm=false`; the H200 profiles
@@ -161,8 +164,10 @@ def _deviceless_device():
 
 
 def step_program(config_spec: str, overrides: list[str], what: str, batch: int, device
-                 ) -> tuple[str, int]:
-  """(optimised HLO text of the step compiled for `device`, its temporary buffers' bytes)."""
+                 ) -> tuple[str, int, float | None]:
+  """(optimised HLO text of the step compiled for `device`, its temporary buffers' bytes,
+  FLOPs of one step by XLA's count of the program as lowered for the GPU: the GPU's own
+  formulation of every layer, cuDNN's attention not counted, a loop's body once)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxgen import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -175,7 +180,8 @@ def step_program(config_spec: str, overrides: list[str], what: str, batch: int, 
     fn, _, _ = sampling.diffusion_program(model, 'ddpm', batch, 0, 2)  # a scan of 2 steps
     args = (jax.tree.map(spec, params), spec(jax.random.PRNGKey(0)))
     compiled = jax.jit(fn).lower(*args).compile()
-    return compiled.as_text(), compiled.memory_analysis().temp_size_in_bytes
+    return (compiled.as_text(), compiled.memory_analysis().temp_size_in_bytes,
+            _flops(jax.jit(fn), args))
   from jaxgen.train import trainer  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(config_spec, [*overrides, f'train.batch_size={batch}'])
   s = trainer.setup(config)
@@ -184,7 +190,18 @@ def step_program(config_spec: str, overrides: list[str], what: str, batch: int, 
                                         sharding=sharding),
           'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding)}
   compiled = jax.jit(s.step_fn, donate_argnums=0).lower(state, data).compile()
-  return compiled.as_text(), compiled.memory_analysis().temp_size_in_bytes
+  return (compiled.as_text(), compiled.memory_analysis().temp_size_in_bytes,
+          _flops(jax.jit(s.step_fn), (state, data)))
+
+
+def _flops(jitted: Any, args: Any) -> float | None:
+  """XLA's FLOP count of `jitted(*args)` lowered for a GPU (not optimised), None if it gives
+  none. Lowered by platform name: the deviceless backend itself has no cost analysis."""
+  import jax  # pylint: disable=g-import-not-at-top
+  args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+  cost = jitted.trace(*args).lower(lowering_platforms=('cuda',)).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops']) if cost and 'flops' in cost else None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -225,18 +242,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   device = _deviceless_device()
   results = []
   for label, overrides in variants.items():
-    text, temp_bytes = step_program(args.config, overrides, args.what, args.batch, device)
+    text, temp_bytes, flops = step_program(args.config, overrides, args.what, args.batch, device)
     if args.save_hlo:
       os.makedirs(args.save_hlo, exist_ok=True)
       with open(os.path.join(args.save_hlo, re.sub(r'\W+', '_', label) + '.hlo'), 'w') as f:
         f.write(text)
     body = loop_body(text) if args.what == 'sampling' else computation(text)
     row = dict(contender=label, **summarise(kernels(body), args.bandwidth),
-               temp_gib=temp_bytes / 2 ** 30)
+               temp_gib=temp_bytes / 2 ** 30, tflop=None if flops is None else flops / 1e12)
     results.append(row)
     print(f'{label}: {args.what}, batch {args.batch}: {row["kernels"]} kernels per step, '
           f'{row["gb"]:.2f} GB moved ({row["ms_at_bandwidth"]:.2f} ms at '
-          f'{args.bandwidth / 1e12:.1f} TB/s), temporaries {row["temp_gib"]:.2f} GiB', flush=True)
+          f'{args.bandwidth / 1e12:.1f} TB/s), temporaries {row["temp_gib"]:.2f} GiB, '
+          f'{row["tflop"] or 0:.3f} TFLOP', flush=True)
     for k in row['by_kind'][:args.top]:
       print(f'  {k["gb"]:8.2f} GB {k["kernels"]:5d}x  {k["kind"]}')
   command = ' '.join(['python -m benchmarks.gpu_traffic',
