@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f'{label}: {args.what}, batch {args.batch}: {row["kernels"]} kernels per step, '
           f'{row["gb"]:.2f} GB moved ({row["ms_at_bandwidth"]:.2f} ms at '
           f'{args.bandwidth / 1e12:.1f} TB/s), temporaries {row["temp_gib"]:.2f} GiB, '
-          f'{row["tflop"] or 0:.3f} TFLOP', flush=True)
+          + (f'{row["tflop"]:.3f} TFLOP' if row['tflop'] is not None else 'FLOPs not counted'),
+          flush=True)
     for k in row['by_kind'][:args.top]:
       print(f'  {k["gb"]:8.2f} GB {k["kernels"]:5d}x  {k["kind"]}')
   command = ' '.join(['python -m benchmarks.gpu_traffic',

@@ -252,6 +252,12 @@ def test_gpu_traffic_reads_kernels_and_their_bytes_from_a_compiled_program():
   assert any(r['bytes_in'] == r['bytes_out'] == 512 and 'while/body' in r['op'] for r in body)
   with pytest.raises(ValueError, match='no while loop'):
     gt.loop_body('ENTRY %main {\n}\n')
+  # FLOPs of the program lowered for a GPU (no GPU or plugin needed to lower): 2MNK, and a
+  # scan's body counted once (plus the loop counter's two operations).
+  args = (jax.ShapeDtypeStruct((64, 32), jnp.float32), jax.ShapeDtypeStruct((32, 16), jnp.float32))
+  assert gt._flops(jax.jit(lambda x, y: x @ y), args) == 2 * 64 * 32 * 16
+  looped = jax.jit(lambda x, y: jax.lax.scan(lambda c, _: (c, c @ y), x, None, length=5)[1])
+  assert gt._flops(looped, args) == pytest.approx(2 * 64 * 32 * 16, abs=2)
 
 
 def test_gpu_traffic_checks_its_arguments_before_compiling():
