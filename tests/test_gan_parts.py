@@ -276,6 +276,23 @@ def test_modulated_conv_matches_per_sample_loop(demodulate, k, fused):
                              atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('k', [1, 3])
+def test_modulated_conv_upsample_is_the_conv_of_the_upsampled_input(k, fused):
+  from jaxgen.nn.blocks import upsample_nearest_2x
+  x = jnp.asarray(_random(33, (3, 5, 6, 4)))
+  weight = jnp.asarray(_random(34, (k, k, 4, 6)))
+  styles = jnp.asarray(_random(35, (3, 4)))
+  got = stylegan2.modulated_conv(x, weight, styles, fused=fused, upsample=True)
+  assert got.shape == (3, 10, 12, 6)
+  np.testing.assert_allclose(got, _modulated_conv_loop(upsample_nearest_2x(x), weight, styles, True),
+                             atol=1e-5, rtol=1e-5)
+  # Unfused with a 3x3 kernel, a GPU gets the transposed convolution (nn.blocks.upsample_conv).
+  lowered = jax.jit(lambda x: stylegan2.modulated_conv(x, weight, styles, fused=fused, upsample=True)
+                    ).trace(x).lower(lowering_platforms=('cuda',)).as_text()
+  assert ('lhs_dilate = [2, 2]' in lowered) == (k == 3 and not fused)
+
+
 def test_demodulation_unit_variance_and_style_scale_invariance():
   x = jnp.asarray(_random(40, (4, 32, 32, 32)))
   weight = jnp.asarray(_random(41, (3, 3, 32, 16)))

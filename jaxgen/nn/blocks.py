@@ -252,7 +252,7 @@ def _up_taps(w: jax.Array, axis: int) -> jax.Array:
   return jnp.concatenate([t[2], t[1] + t[2], t[0] + t[1], t[0]], axis=axis)
 
 
-def upsample_nearest_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def upsample_nearest_conv(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
   """`conv_3x3_same(upsample_nearest_2x(x), kernel)` without forming the up-sampled input.
 
   x: [B, H, W, I]; kernel: [3, 3, I, O] (HWIO). Returns [B, 2H, 2W, O] in x's dtype.
@@ -260,16 +260,18 @@ def upsample_nearest_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   a 4x4 kernel of sums of `kernel`'s taps: it reads the H x W input instead of a
   written 2H x 2W copy, and does 16 instead of 36 multiply-adds per input pixel
   and channel pair. The same values up to the rounding of the summed taps.
+  precision: passed to `jax.lax.conv_general_dilated`.
   """
   flipped = _up_taps(_up_taps(kernel.astype(jnp.float32), 0), 1)  # [4, 4, I, O], both axes reversed
   # Reversed back in the program: XLA's GPU compiler takes a convolution of a dilated input
   # with a reversed kernel for a transposed convolution (otherwise it pads the dilated input).
   return jax.lax.conv_general_dilated(
       x, jax.lax.rev(flipped.astype(x.dtype), (0, 1)), window_strides=(1, 1),
-      padding=((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      padding=((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision=precision)
 
 
-def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def upsample_conv(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
   """A 'SAME' 3x3 convolution of the nearest 2x up-sampling of x: [B, H, W, I] -> [B, 2H, 2W, O].
 
   On a GPU `upsample_nearest_conv`; elsewhere the up-sampling, then the
@@ -277,11 +279,16 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   gradient (a convolution with a dilated kernel) about 9x slower than the
   plain form's (2.1 s against 0.23 s for x [8, 16, 16, 256] on two cores), and
   TPUs are not measured. Both give the same values (tests/test_unet.py).
+  precision: passed to `jax.lax.conv_general_dilated`.
   """
   def plain(x, kernel):
     return jax.lax.conv_general_dilated(upsample_nearest_2x(x), kernel.astype(x.dtype), (1, 1),
-                                        'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return jax.lax.platform_dependent(x, kernel, cuda=upsample_nearest_conv, default=plain)
+                                        'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                        precision=precision)
+
+  def transposed(x, kernel):
+    return upsample_nearest_conv(x, kernel, precision)
+  return jax.lax.platform_dependent(x, kernel, cuda=transposed, default=plain)
 
 
 class UpsampleConv(nn.Module):
