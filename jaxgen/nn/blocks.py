@@ -277,8 +277,8 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax
   On a GPU `upsample_nearest_conv`; elsewhere the up-sampling, then the
   convolution: XLA's CPU compiler computes the transposed form's kernel
   gradient (a convolution with a dilated kernel) about 9x slower than the
-  plain form's (2.1 s against 0.23 s for x [8, 16, 16, 256] on two cores), and
-  TPUs are not measured. Both give the same values (tests/test_unet.py).
+  plain form's (benchmarks/results/gpu_traffic_2026-11-28/notes.md), and TPUs
+  are not measured. Both give the same values (tests/test_unet.py).
   precision: passed to `jax.lax.conv_general_dilated`.
   """
   def plain(x, kernel):
